@@ -1,0 +1,104 @@
+"""The Quart application factory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+
+from pathlib import Path
+
+from quart import Quart, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from keystage import web
+from .config import Settings
+from .health import health
+from .metrics import Metrics
+from .runtime import Keystage
+
+access_log = logging.getLogger("keystage.access")
+log = logging.getLogger("keystage")
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+    ),
+}
+
+
+def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart:
+    """Build the app for ``settings``. The database pool opens in ``before_serving``."""
+    # Explicit paths: Flask cannot find an instance path inside a namespace package.
+    web_root = Path(web.__file__).parent
+    app = Quart("keystage.web", static_folder=None, root_path=str(web_root),
+                instance_path=str(Path(settings.data_dir).resolve() / "instance"))
+    app.config["SECRET_KEY"] = settings.secret_key
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    kernel = keystage or Keystage(settings)
+    app.extensions["keystage"] = kernel
+    metrics = Metrics()
+    app.extensions["keystage_metrics"] = metrics
+    headers = dict(_SECURITY_HEADERS)
+    if settings.secure_cookies:
+        headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+
+    app.register_blueprint(health)
+    for name, blueprint in kernel.plugins.collect(
+        "register_routes", lambda b: hasattr(b, "register") and hasattr(b, "name"), "a Quart Blueprint"
+    ):
+        app.register_blueprint(blueprint)
+
+    @app.before_serving
+    async def _open() -> None:
+        await kernel.open()
+        await kernel.plugins.acall_each("before_serving", raise_errors=True, app=app)
+
+    @app.after_serving
+    async def _close() -> None:
+        await kernel.plugins.acall_each("after_serving", app=app)
+        await kernel.close()
+
+    @app.before_request
+    async def _start() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-Id", "")
+        # Accept a proxy's id only when it is short and plain, so it cannot forge log lines.
+        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isascii() and incoming.isprintable() \
+            and '"' not in incoming else uuid.uuid4().hex
+
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        duration = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.observe(request.method, response.status_code, duration)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "event": "request", "method": request.method, "path": request.path,
+                "status": response.status_code, "duration_ms": round(duration * 1000, 2),
+                "request_id": g.get("request_id"),
+            }))
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> tuple[Response, int]:
+        code = error.code or 500
+        return jsonify({"error": error.name, "status": code}), code
+
+    @app.errorhandler(Exception)
+    async def _crash(error: Exception) -> tuple[Response, int]:
+        # Never a traceback in an answer: the log has it, the client gets the request id.
+        rid = g.get("request_id") or secrets.token_hex(8)
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        return jsonify({"error": "Internal Server Error", "status": 500, "request_id": rid}), 500
+
+    return app

@@ -1,0 +1,1 @@
+"""Bundled password hashers."""
