@@ -65,7 +65,7 @@ def serve(settings: Settings, *, workers: int) -> int:
         try:
             if workers == 1:
                 return asyncio.run(_serve_in_process(settings, config))
-            from hypercorn.run import run
+            from .supervisor import run
 
             return run(config)
         finally:

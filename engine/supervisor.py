@@ -1,0 +1,81 @@
+"""Run several Hypercorn worker processes and stop them gracefully on SIGINT/SIGTERM.
+
+Written instead of ``hypercorn.run.run`` because that one sets a multiprocessing Event
+inside its signal handler, and a second signal arriving meanwhile (an orchestrator's
+SIGTERM plus a terminal's SIGINT, say) deadlocks the parent. Here the handler only sets
+a flag; the main loop does the rest. A worker that dies unexpectedly is restarted, at
+most a few times a minute, so one crash does not take the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from multiprocessing import get_context
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from hypercorn.asyncio.run import asyncio_worker
+from hypercorn.config import Config
+
+log = logging.getLogger("keystage.supervisor")
+RESTARTS_PER_MINUTE = 5
+
+
+def run(config: Config) -> int:
+    ctx = get_context("spawn")
+    sockets = config.create_sockets()
+    shutdown_event = ctx.Event()
+    stopping = False
+    restarts: list[float] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    def start() -> BaseProcess:
+        process = ctx.Process(
+            target=asyncio_worker,
+            kwargs={"config": config, "shutdown_event": shutdown_event, "sockets": sockets},
+        )
+        process.start()
+        return process
+
+    # Workers inherit "ignore SIGINT": a Ctrl-C reaches the whole process group, and the
+    # parent alone decides how to stop.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    processes = [start() for _ in range(config.workers)]
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    exit_code = 0
+    try:
+        while not stopping:
+            wait([p.sentinel for p in processes], timeout=0.5)
+            for index, process in enumerate(processes):
+                if process.exitcode is None or stopping:
+                    continue
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60]
+                if len(restarts) >= RESTARTS_PER_MINUTE:
+                    log.error("workers keep dying (last exit code %s); stopping", process.exitcode)
+                    exit_code = 1
+                    stopping = True
+                    break
+                log.warning("worker %s exited with code %s; starting a new one", process.pid, process.exitcode)
+                restarts.append(now)
+                processes[index] = start()
+    finally:
+        shutdown_event.set()
+        deadline = time.monotonic() + config.graceful_timeout + 5
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
+        signal.signal(signal.SIGINT, previous)
+    return exit_code
