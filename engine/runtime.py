@@ -18,6 +18,8 @@ from .database import create_pool, database_url
 from .errors import PluginError
 from .passwords import PasswordHasher, Passwords
 from .plugins import PluginManager
+from .registry import collect_types
+from .stage import Stage
 from .users import Users
 
 log = logging.getLogger("keystage")
@@ -34,6 +36,7 @@ class Keystage:
         self.redis: Any = None  # redis.asyncio.Redis when KEYSTAGE_REDIS_URL is set
         self.passwords = Passwords(self._hashers())
         self.users = Users(self)
+        self.stage_types: dict[str, type[Stage]] = collect_types(self.plugins, "register_stage_types", Stage, "stage")
         self.state: dict[str, Any] = {}  # per-process services that plugins attach, by plugin name
 
     @property
