@@ -6,13 +6,14 @@ command works the same with or without a running server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from . import migrations
+from . import kv, migrations
 from .config import Settings
 from .database import create_pool, database_url
 from .errors import PluginError
@@ -34,6 +35,8 @@ class Keystage:
         self.plugins.load(extra=extra_plugins or ())
         self._pool: asyncpg.Pool | None = None
         self.redis: Any = None  # redis.asyncio.Redis when KEYSTAGE_REDIS_URL is set
+        self.kv: kv.KeyValueStore = kv.CLOSED  # the real store once open()
+        self._kv_purge: asyncio.Task[None] | None = None
         self.passwords = Passwords(self._hashers())
         self.users = Users(self)
         self.stage_types: dict[str, type[Stage]] = collect_types(self.plugins, "register_stage_types", Stage, "stage")
@@ -75,6 +78,8 @@ class Keystage:
             self.redis = redis.asyncio.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         if migrate:
             await self.migrate()
+        self.kv = kv.create_store(self)
+        self._kv_purge = kv.start_purging(self.kv)
 
     async def migrate(self) -> list[migrations.Migration]:
         async with self.pool.acquire() as conn:
@@ -84,6 +89,11 @@ class Keystage:
         return applied
 
     async def close(self) -> None:
+        if self._kv_purge is not None:
+            self._kv_purge.cancel()
+            await asyncio.gather(self._kv_purge, return_exceptions=True)
+            self._kv_purge = None
+        self.kv = kv.CLOSED
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None
