@@ -26,6 +26,15 @@ API_VERSION = "1.0"
 # that this covers every package under stages/ and plugins/.
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "keystage.plugins.hashers.argon2id",
+    "keystage.plugins.policies.superuser_absent",
+    "keystage.stages.identification",
+    "keystage.stages.password",
+    "keystage.stages.prompt",
+    "keystage.stages.user_write",
+    "keystage.stages.user_login",
+    "keystage.stages.user_logout",
+    "keystage.stages.deny",
+    "keystage.stages.redirect",
 )
 
 

@@ -19,6 +19,7 @@ from .database import create_pool, database_url
 from .errors import PluginError
 from .passwords import PasswordHasher, Passwords
 from .plugins import PluginManager
+from .policy import PolicyType
 from .registry import collect_types
 from .stage import Stage
 from .users import Users
@@ -40,6 +41,9 @@ class Keystage:
         self.passwords = Passwords(self._hashers())
         self.users = Users(self)
         self.stage_types: dict[str, type[Stage]] = collect_types(self.plugins, "register_stage_types", Stage, "stage")
+        self.policy_types: dict[str, type[PolicyType]] = collect_types(
+            self.plugins, "register_policy_types", PolicyType, "policy"
+        )
         self.state: dict[str, Any] = {}  # per-process services that plugins attach, by plugin name
 
     @property

@@ -63,7 +63,14 @@ class Cancel:
     message: str
 
 
-StageResult = Continue | Invalid | Deny | Cancel
+@dataclasses.dataclass(frozen=True)
+class Redirect:
+    """End the flow by sending the user to ``to`` (an admin-configured URL)."""
+
+    to: str
+
+
+StageResult = Continue | Invalid | Deny | Cancel | Redirect
 
 
 @dataclasses.dataclass
@@ -87,6 +94,7 @@ class StageContext:
         translations: Any,
         login: Any,
         logout: Any,
+        binding_id: int = 0,
     ) -> None:
         self.keystage = keystage
         self.plan = plan
@@ -96,6 +104,7 @@ class StageContext:
         self._translations = translations
         self._login = login
         self._logout = logout
+        self.binding_id = binding_id
 
     def gettext(self, message: str, **variables: Any) -> str:
         text = self._translations.gettext(message)
@@ -107,6 +116,16 @@ class StageContext:
 
     def pgettext(self, context: str, message: str) -> str:
         return self._translations.pgettext(context, message)
+
+    def count_failure(self) -> int:
+        """Count a failed attempt at this stage binding in the plan; returns the new count."""
+        from .flow_context import FAILED_ATTEMPTS
+
+        counts = dict(self.plan.get(FAILED_ATTEMPTS) or {})
+        key = str(self.binding_id)
+        counts[key] = counts.get(key, 0) + 1
+        self.plan.set(FAILED_ATTEMPTS, counts)
+        return counts[key]
 
     async def login(self, user_id: int, *, remember: bool = False) -> None:
         """Bind the session to ``user_id`` (a new session id: no fixation)."""
@@ -136,9 +155,12 @@ class Stage:
         self.ctx = ctx
         self.config = config
 
-    async def challenge(self) -> dict[str, Any]:
-        """Fields of the challenge (JSON-serialisable), besides ``component`` and ``flow``."""
-        return {}
+    async def challenge(self) -> dict[str, Any] | None:
+        """Fields of the challenge (JSON-serialisable), besides ``component`` and ``flow``.
+
+        ``None`` means the stage needs no input: the executor calls ``submit({})`` at once.
+        """
+        return None
 
     async def submit(self, response: Mapping[str, Any]) -> StageResult:
         """Handle the client's response; ``response`` is untrusted input."""

@@ -1,0 +1,49 @@
+"""What a policy type is. Policy plugins subclass ``PolicyType``; bindings decide where it applies."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pydantic
+
+if TYPE_CHECKING:
+    from .request_info import RequestInfo
+    from .runtime import Keystage
+    from .users import User
+
+
+class PolicyConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyResult:
+    passing: bool
+    messages: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class PolicyRequest:
+    """What a policy sees: the user in question (or None), the request, the flow context."""
+
+    keystage: Keystage
+    user: User | None
+    request: RequestInfo | None
+    context: dict[str, Any]
+
+
+class PolicyType:
+    type_name: ClassVar[str]
+    Config: ClassVar[type[PolicyConfig]] = PolicyConfig
+
+    def __init__(self, name: str, config: PolicyConfig) -> None:
+        self.name = name
+        self.config = config
+
+    async def passes(self, request: PolicyRequest) -> PolicyResult:
+        raise NotImplementedError  # every policy type defines its own test
+
+    @classmethod
+    def validate_config(cls, raw: dict[str, Any]) -> PolicyConfig:
+        return cls.Config.model_validate(dict(raw))
