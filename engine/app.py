@@ -10,14 +10,21 @@ import uuid
 
 from pathlib import Path
 
-from quart import Quart, Response, g, jsonify, request
+from typing import Any
+
+from quart import Quart, Response, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from keystage import web
+from . import i18n, sessions
 from .config import Settings
+from .flow_views import flow_views
+from .request_info import trusted_networks
+from .templates import template_loader
 from .health import health
 from .metrics import Metrics
 from .runtime import Keystage
+from . import web_context
 
 access_log = logging.getLogger("keystage.access")
 log = logging.getLogger("keystage")
@@ -38,8 +45,8 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
     """Build the app for ``settings``. The database pool opens in ``before_serving``."""
     # Explicit paths: Flask cannot find an instance path inside a namespace package.
     web_root = Path(web.__file__).parent
-    app = Quart("keystage.web", static_folder=None, root_path=str(web_root),
-                instance_path=str(Path(settings.data_dir).resolve() / "instance"))
+    app = Quart("keystage.web", static_folder=str(web_root / "static"), static_url_path="/-/static",
+                root_path=str(web_root), instance_path=str(Path(settings.data_dir).resolve() / "instance"))
     app.config["SECRET_KEY"] = settings.secret_key
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     kernel = keystage or Keystage(settings)
@@ -50,7 +57,15 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
     if settings.secure_cookies:
         headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
 
+    app.extensions["keystage_catalogs"] = i18n.Catalogs(
+        kernel.plugins.collect("register_locales", _is_locale_source, "a (domain, directory) pair"),
+        settings.default_locale,
+    )
+    app.extensions["keystage_trusted_proxies"] = trusted_networks(settings)
+    app.jinja_loader = template_loader(kernel)
+    sessions.install(app)
     app.register_blueprint(health)
+    app.register_blueprint(flow_views)
     for name, blueprint in kernel.plugins.collect(
         "register_routes", lambda b: hasattr(b, "register") and hasattr(b, "name"), "a Quart Blueprint"
     ):
@@ -90,15 +105,36 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
         return response
 
     @app.errorhandler(HTTPException)
-    async def _http_error(error: HTTPException) -> tuple[Response, int]:
+    async def _http_error(error: HTTPException) -> Any:
         code = error.code or 500
+        if _wants_html():
+            template = "not_found.html" if code == 404 else "error.html"
+            body = await render_template(template, **web_context.template_globals(), request_id=None)
+            return Response(body, status=code, content_type="text/html; charset=utf-8")
         return jsonify({"error": error.name, "status": code}), code
 
     @app.errorhandler(Exception)
-    async def _crash(error: Exception) -> tuple[Response, int]:
+    async def _crash(error: Exception) -> Any:
         # Never a traceback in an answer: the log has it, the client gets the request id.
         rid = g.get("request_id") or secrets.token_hex(8)
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        if _wants_html():
+            try:
+                body = await render_template("error.html", **web_context.template_globals(), request_id=rid)
+                return Response(body, status=500, content_type="text/html; charset=utf-8")
+            except Exception:
+                log.exception("the error page failed too")
         return jsonify({"error": "Internal Server Error", "status": 500, "request_id": rid}), 500
 
     return app
+
+
+def _wants_html() -> bool:
+    if request.path.startswith(("/api/", "/-/")):
+        return False
+    accept = request.accept_mimetypes
+    return accept.best_match(["text/html", "application/json"]) == "text/html"
+
+
+def _is_locale_source(item: Any) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0] != i18n.DOMAIN

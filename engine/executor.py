@@ -60,10 +60,12 @@ class Executor:
 
     # -- public ---------------------------------------------------------------------
 
-    async def get(self, slug: str, *, next_url: str | None = None) -> Outcome:
+    async def get(self, slug: str, *, next_url: str | None = None, restart: bool = False) -> Outcome:
         flow = await load_flow(self.keystage, slug)
         if flow is None:
             return self._not_found()
+        if restart:
+            self._drop(slug)
         plan = self._load_plan(slug)
         if plan is None:
             new = await self._new_plan(flow, next_url)
