@@ -60,8 +60,10 @@ def database(settings: Settings) -> Iterator[None]:
 
 
 def run_with_kernel(settings: Settings, work: Callable[[Keystage], Awaitable[T]], *, migrate: bool = True) -> T:
+    # Plugins load before any database starts: a broken plugin fails at once, with one line.
+    keystage = Keystage(settings)
+
     async def main() -> T:
-        keystage = Keystage(settings)
         await keystage.open(migrate=migrate)
         try:
             return await work(keystage)
@@ -207,3 +209,8 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         return
     for name, value in values.items():
         click.echo(f"{name} = {json.dumps(value)}")
+
+
+from .cli_blueprint import blueprint  # noqa: E402  (imports the helpers above)
+
+main.add_command(blueprint)

@@ -45,8 +45,7 @@ def _prepare_metrics_dir(settings: Settings, workers: int) -> None:
     os.environ[MULTIPROC_ENV] = str(directory)
 
 
-async def _migrate(settings: Settings) -> None:
-    keystage = Keystage(settings)
+async def _migrate(keystage: Keystage) -> None:
     await keystage.open(migrate=True)
     await keystage.close()
 
@@ -55,9 +54,11 @@ def serve(settings: Settings, *, workers: int) -> int:
     """Run until SIGINT/SIGTERM; return the exit code."""
     from .cli import database
 
+    # Plugins load before any database starts: a broken plugin costs no initdb and prints one line.
+    keystage = Keystage(settings)
     with database(settings):
-        # Fail fast, in this process, with one line: unreachable database, bad migration, bad plugin.
-        asyncio.run(_migrate(settings))
+        # Fail fast, in this process, with one line: unreachable database, bad migration.
+        asyncio.run(_migrate(keystage))
         _prepare_metrics_dir(settings, workers)
         config = hypercorn_config(settings, workers)
         log.info("keystage listening on %s with %d worker(s), external URL %s",
