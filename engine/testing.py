@@ -172,3 +172,66 @@ def redis_url() -> str:
     if not _reachable(url):
         skip_or_fail(f"no Redis reachable at {url} (set KEYSTAGE_TEST_REDIS_URL)")
     return url
+
+
+async def make_flow(
+    keystage: Keystage, slug: str, stages: list[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]],
+    *, designation: str = "authentication", title: str = "", **flow_attrs: Any,
+) -> int:
+    """Create a flow bound to new stages, in order: ``[(type, config[, binding attrs]), ...]``. Returns the flow id."""
+    import json
+
+    async with keystage.pool.acquire() as conn, conn.transaction():
+        flow_id = await conn.fetchval(
+            "INSERT INTO flows (slug, name, title, designation, policy_engine_mode, denied_action)"
+            " VALUES ($1, $1, $2, $3, $4, $5) RETURNING id",
+            slug, title or slug, designation, flow_attrs.get("policy_engine_mode", "any"),
+            flow_attrs.get("denied_action", "message"),
+        )
+        for index, item in enumerate(stages):
+            stage_type, config = item[0], item[1]
+            binding = item[2] if len(item) > 2 else {}  # type: ignore[misc]
+            stage_id = await conn.fetchval(
+                "INSERT INTO stages (name, type, config) VALUES ($1, $2, $3::jsonb) RETURNING id",
+                f"{slug}-{index}-{stage_type}", stage_type, json.dumps(config),
+            )
+            await conn.execute(
+                """INSERT INTO flow_stage_bindings (flow_id, stage_id, "order", evaluate_on_plan,
+                       re_evaluate_policies, invalid_response_action) VALUES ($1, $2, $3, $4, $5, $6)""",
+                flow_id, stage_id, binding.get("order", (index + 1) * 10), binding.get("evaluate_on_plan", True),
+                binding.get("re_evaluate_policies", False), binding.get("invalid_response_action", "retry"),
+            )
+    return int(flow_id)
+
+
+class FlowDriver:
+    """Walks a flow through the JSON face: ``await flow.start(slug)``, ``await flow.submit(...)``, ``flow.challenge``."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.slug: str | None = None
+        self.challenge: dict[str, Any] = {}
+        self.status = 0
+
+    async def start(self, slug: str, **query: str) -> dict[str, Any]:
+        self.slug = slug
+        from urllib.parse import urlencode
+
+        suffix = f"?{urlencode(query)}" if query else ""
+        response = await self.client.get(f"/api/v1/flows/{slug}/executor{suffix}")
+        self.status = response.status_code
+        self.challenge = await response.get_json()
+        return self.challenge
+
+    async def submit(self, component: str | None = None, **fields: Any) -> dict[str, Any]:
+        assert self.slug is not None, "call start() first"
+        body = {"component": component or self.challenge.get("component"), **fields}
+        response = await self.client.post(f"/api/v1/flows/{self.slug}/executor", json=body)
+        self.status = response.status_code
+        self.challenge = await response.get_json()
+        return self.challenge
+
+
+@pytest.fixture
+def flow(keystage_client: Any) -> FlowDriver:
+    return FlowDriver(keystage_client)
