@@ -44,6 +44,7 @@ class Settings:
     default_locale: str = "en"
     session_lifetime: int = 8 * 3600
     remember_me_lifetime: int = 30 * 24 * 3600
+    apply_default_blueprints: bool = True
     argon2_time_cost: int = 2
     argon2_memory_cost: int = 19456
     argon2_parallelism: int = 1
@@ -250,6 +251,15 @@ def _validate(name: str, label: str, value: Any) -> Any:
                 except ValueError:
                     raise ConfigError(label, f"not an IP address or network: {item!r}") from None
         return items
+    if name == "apply_default_blueprints":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(label, f"expected true or false, got {value!r}")
     if name == "database_connect_timeout":
         return _parse_float(label, value, 0.0, 3600.0)
     if name == "database_pool_size":

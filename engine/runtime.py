@@ -82,6 +82,10 @@ class Keystage:
             self.redis = redis.asyncio.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         if migrate:
             await self.migrate()
+            if self.settings.apply_default_blueprints:
+                from .blueprints import apply_defaults
+
+                await apply_defaults(self)
         self.kv = kv.create_store(self)
         self._kv_purge = kv.start_purging(self.kv)
 

@@ -58,7 +58,10 @@ def with_database(url: str, database: str) -> str:
 
 def base_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
     """Settings for tests: a given database, a private data directory, nothing from the environment."""
-    env = {"KEYSTAGE_DATABASE_URL": database_url, "KEYSTAGE_DATA_DIR": str(data_dir)}
+    # Default blueprints are left out so that each test states the flows it relies on
+    # (`await keystage.engine.blueprints.apply_defaults(kernel)` brings them in).
+    env = {"KEYSTAGE_DATABASE_URL": database_url, "KEYSTAGE_DATA_DIR": str(data_dir),
+           "KEYSTAGE_APPLY_DEFAULT_BLUEPRINTS": "false"}
     settings = load_settings(env)
     return dataclasses.replace(settings, **overrides) if overrides else settings
 
