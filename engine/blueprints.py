@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import asyncpg
 import pydantic
+import pydantic_core
 import yaml
 
 from .errors import KeystageError
@@ -159,7 +160,7 @@ _Dumper.add_representer(Find, _represent_find)
 
 def _not_bool(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError("Input should be a valid integer, not a boolean")
+        raise pydantic_core.PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
     return value
 
 
