@@ -31,6 +31,7 @@ import pydantic
 import pydantic_core
 import yaml
 
+from . import events
 from .errors import KeystageError
 from .stage import config_errors
 from .users import UserError, validate_email, validate_username
@@ -466,7 +467,20 @@ async def apply(keystage: Keystage, blueprints: list[Blueprint]) -> ApplyReport:
     """Apply ``blueprints`` in order, in one transaction: all of it or (on error) none of it."""
     async with keystage.pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_ID)
-        return await _Applier(keystage, conn).run(blueprints)
+        report = await _Applier(keystage, conn).run(blueprints)
+        await _record(keystage, conn, blueprints, report)
+    return report
+
+
+async def _record(keystage: Keystage, conn: asyncpg.Connection, blueprints: list[Blueprint],
+                  report: ApplyReport, *, defaults: bool = False) -> None:
+    """One audit event per apply that changed something, committed with the changes."""
+    if not report.changed:
+        return
+    counts = {a: sum(c.action == a for c in report.changes) for a in ("created", "updated", "deleted")}
+    context = {"blueprints": [b.name for b in blueprints], "files": [b.source for b in blueprints],
+               "defaults": defaults, **counts}
+    await events.record(keystage, events.Event("blueprint_applied", context=context), conn=conn)
 
 
 class _Applier:
@@ -553,6 +567,11 @@ class _Applier:
         for name, value in values.items():
             if value is None and name not in spec.nullable:
                 raise _EntryError(_join(prefix, name), "may not be null")
+            if isinstance(value, dict):
+                try:  # YAML has dates, binary and NaN; a jsonb column has none of them
+                    json.dumps(value, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    raise _EntryError(_join(prefix, name), f"not representable as JSON: {exc}") from None
         return values
 
     async def lookup(self, spec: _Spec, query: dict[str, Any], *, limit: int) -> list[int]:
@@ -916,7 +935,8 @@ async def apply_defaults(keystage: Keystage, *, directory: Path | None = None) -
         pending = [b for b in blueprints if b.name not in done]
         if not pending:
             return []
-        await _Applier(keystage, conn).run(pending)
+        report = await _Applier(keystage, conn).run(pending)
+        await _record(keystage, conn, pending, report, defaults=True)
         await conn.executemany("INSERT INTO blueprint_instances (name, checksum) VALUES ($1, $2)",
                                [(b.name, b.checksum) for b in pending])
     for blueprint in pending:

@@ -210,6 +210,11 @@ async def test_applying_again_changes_nothing(kernel: Keystage) -> None:
     report = await apply_text(kernel, SAMPLE)
     assert report.changed == []
     assert await kernel.pool.fetchval("SELECT password_hash FROM users WHERE username = 'alice'") == hash_before
+    # the first apply is in the audit log, the second (no change) is not
+    logged = await kernel.pool.fetch("SELECT context FROM events WHERE action = 'blueprint_applied'")
+    assert [json.loads(r["context"]) for r in logged] == [
+        {"blueprints": ["sample"], "files": ["file1.yaml"], "defaults": False, "created": 13, "updated": 0,
+         "deleted": 0}]
 
 
 async def test_present_updates_only_what_attrs_name(kernel: Keystage) -> None:
@@ -362,6 +367,9 @@ BAD = {
     "email taken": (
         GOOD_FIRST + "  - model: user\n    identifiers: {username: carol}\n    attrs: {email: ALICE@example.org}\n",
         "file2.yaml: entries[1] (user): email: already taken"),
+    "not JSON": (
+        GOOD_FIRST + "  - model: user\n    identifiers: {username: carol}\n    attrs: {attributes: {born: 2001-02-03}}\n",
+        "file2.yaml: entries[1] (user): attributes: not representable as JSON: Object of type date"),
     "bad email": (
         GOOD_FIRST + "  - model: user\n    identifiers: {username: carol}\n    attrs: {email: not-an-address}\n",
         "file2.yaml: entries[1] (user): email: not an email address"),
