@@ -36,7 +36,7 @@ async def record(keystage: Keystage, event: Event, *, conn: asyncpg.Connection |
             json.dumps(event.context, default=str))
     row = await (conn or keystage.pool).fetchrow(query, *args)
     stored = dataclasses.replace(event, id=row["id"], created_at=row["created_at"])
-    await keystage.plugins.acall_each("on_event", event=stored)
+    await keystage.plugins.acall_each("on_event", event=stored, keystage=keystage)
     return stored
 
 

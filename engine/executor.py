@@ -18,7 +18,7 @@ from . import events, planner, policy_engine
 from .flow_context import PENDING_USER, REDIRECT, PlanContext
 from .flows import Flow, load_flow
 from .planner import Denied, Plan, PlanError
-from .policy import PolicyRequest
+from .policy import PolicyRequest, PolicyResult
 from .stage import (Cancel, Continue, Deny, FieldError, FlowInfo, Invalid, Redirect, Stage, StageContext,
                     StageResult)
 
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("keystage.flows")
 PLANS_KEY = "flow_plans"
 NON_FIELD = "non_field_errors"
+INJECTED_KEY = "injected_flows"
+# Stages that need no input run one after another within a request; a flow that keeps
+# looping (a misconfiguration) is stopped here instead of spinning.
+MAX_STEPS_PER_REQUEST = 100
 
 
 @dataclasses.dataclass
@@ -173,13 +177,16 @@ class Executor:
     async def _run(self, flow: Flow, plan: Plan, errors: Mapping[str, list[FieldError]] | None = None,
                    advanced: bool = False) -> Outcome:
         """Show the current stage's challenge, running stages that need no input on the way."""
-        for _ in range(len(plan.stages) + 2):
+        for _ in range(MAX_STEPS_PER_REQUEST):
             planned = plan.current
             if planned is None:
                 return self._finish(flow, plan, advanced)
-            if planned.re_evaluate_policies and not await self._passes_again(flow, plan, planned):
-                plan.index += 1
-                continue
+            if planned.re_evaluate_policies:
+                result = await self._evaluate_again(flow, plan, planned)
+                if not result.passing:
+                    if not (result.inject_flow and await self._inject(plan, result.inject_flow)):
+                        plan.index += 1
+                    continue
             stage = self._instantiate(flow, plan, planned)
             if isinstance(stage, Outcome):
                 return stage
@@ -197,9 +204,27 @@ class Executor:
             if self._messages:
                 challenge["messages"] = list(self._messages)
             return Outcome(challenge, advanced=advanced)
-        raise RuntimeError("flow did not settle")  # unreachable: every pass advances or returns
+        log.error("flow %s did not settle after %d steps", flow.slug, MAX_STEPS_PER_REQUEST)
+        self._drop(flow.slug)
+        return self._denied(flow, (self._("This step is not available. Please contact your administrator."),))
 
-    async def _passes_again(self, flow: Flow, plan: Plan, planned: planner.PlannedStage) -> bool:
+    async def _inject(self, plan: Plan, slug: str) -> bool:
+        """Insert the stages of flow ``slug`` before the current one, once per plan."""
+        injected = plan.context.setdefault(INJECTED_KEY, [])
+        if slug in injected:
+            return False
+        other = await load_flow(self.keystage, slug)
+        if other is None:
+            log.error("policy asked to inject flow %r, which does not exist", slug)
+            return False
+        injected.append(slug)
+        plan.stages[plan.index:plan.index] = [
+            planner.PlannedStage(b.id, b.stage_id, b.stage_type, b.stage_config, False, b.invalid_response_action)
+            for b in other.bindings
+        ]
+        return True
+
+    async def _evaluate_again(self, flow: Flow, plan: Plan, planned: planner.PlannedStage) -> PolicyResult:
         bindings = await policy_engine.bindings_for(self.keystage, stage_binding_ids=[planned.binding_id])
         user_id = PlanContext(plan.context).get(PENDING_USER)
         user = await self.keystage.users.get(user_id) if user_id else None
@@ -207,7 +232,7 @@ class Executor:
             self.keystage, bindings.get(("stage_binding", planned.binding_id), []), flow.policy_engine_mode,
             PolicyRequest(self.keystage, user, self.request, plan.context),
         )
-        return result.passing
+        return result
 
     async def _handle(self, flow: Flow, plan: Plan, stage: Stage, result: StageResult, *,
                       interactive: bool, loop: bool = True) -> Outcome | None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .events import Event
     from .passwords import PasswordHasher
+    from .runtime import Keystage
 
 hookspec = pluggy.HookspecMarker("keystage")
 hookimpl = pluggy.HookimplMarker("keystage")
@@ -169,8 +170,11 @@ def after_serving(app: Quart) -> None:
 
 
 @hookspec
-def on_event(event: Event) -> None:
+def on_event(event: Event, keystage: Keystage) -> None:
     """Called for every event recorded in the audit log, after it is stored.
+
+    ``keystage`` is the running kernel (its pool, key-value store, users), so a listener
+    can keep its own state; accept only the arguments you need.
 
     May be async. Runs after the request that caused the event has its answer decided;
     an exception is logged with the plugin's name and changes nothing else.

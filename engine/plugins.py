@@ -27,6 +27,10 @@ API_VERSION = "1.0"
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "keystage.plugins.hashers.argon2id",
     "keystage.plugins.policies.superuser_absent",
+    "keystage.plugins.policies.password",
+    "keystage.plugins.policies.password_expiry",
+    "keystage.plugins.policies.reputation",
+    "keystage.plugins.policies.event_matcher",
     "keystage.stages.identification",
     "keystage.stages.password",
     "keystage.stages.prompt",

@@ -21,6 +21,9 @@ class PolicyConfig(pydantic.BaseModel):
 class PolicyResult:
     passing: bool
     messages: tuple[str, ...] = ()
+    # On a failing stage binding: run this flow's stages in place of the skipped one
+    # (e.g. password expiry sends the user through a password change, then goes on).
+    inject_flow: str | None = None
 
 
 @dataclasses.dataclass
@@ -36,6 +39,13 @@ class PolicyRequest:
 class PolicyType:
     type_name: ClassVar[str]
     Config: ClassVar[type[PolicyConfig]] = PolicyConfig
+    # Whether a result may be reused for the same (policy version, user version, request
+    # data the policy depends on). Policies reading time or counters must say False.
+    cacheable: ClassVar[bool] = False
+
+    def cache_key(self, request: PolicyRequest) -> tuple[Any, ...]:
+        """The request data this policy's answer depends on (besides the user), for caching."""
+        return ()
 
     def __init__(self, name: str, config: PolicyConfig) -> None:
         self.name = name

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,24 @@ async def bindings_for(keystage: Keystage, *, flow_id: int | None = None,
     return out
 
 
+async def bindings_for_policies(keystage: Keystage, names: list[str]) -> list[Binding]:
+    """Ad-hoc bindings (all must pass) for policies referenced by name, e.g. from a stage's config.
+
+    A name with no policy behind it yields a binding of an unknown type: it fails closed.
+    """
+    rows = await keystage.pool.fetch("SELECT id, name, type, config FROM policies WHERE name = ANY($1::text[])", names)
+    by_name = {r["name"]: r for r in rows}
+    bindings = []
+    for order, name in enumerate(names):
+        row = by_name.get(name)
+        bindings.append(Binding(
+            id=0, order=order, enabled=True, negate=False, timeout=30, failure_result=False,
+            policy_name=name, policy_type=row["type"] if row else None,
+            policy_config=(json.loads(row["config"]) if row else {}),
+        ))
+    return bindings
+
+
 async def evaluate(keystage: Keystage, bindings: list[Binding], mode: str, request: PolicyRequest) -> PolicyResult:
     enabled = [b for b in bindings if b.enabled]
     if not enabled:
@@ -107,7 +126,8 @@ async def evaluate(keystage: Keystage, bindings: list[Binding], mode: str, reque
             break
     passing = all(r.passing for r in results) if mode == "all" else any(r.passing for r in results)
     messages = tuple(m for r in results for m in r.messages)
-    return PolicyResult(passing, messages)
+    inject = next((r.inject_flow for r in results if not r.passing and r.inject_flow), None)
+    return PolicyResult(passing, messages, inject_flow=None if passing else inject)
 
 
 async def _run_policy(keystage: Keystage, binding: Binding, request: PolicyRequest) -> PolicyResult | None:

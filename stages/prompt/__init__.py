@@ -34,6 +34,9 @@ class PromptField(pydantic.BaseModel):
 
 class PromptConfig(StageConfig):
     fields: list[PromptField] = pydantic.Field(min_length=1)
+    # Names of policies (e.g. type password) that must pass for the answers to be accepted;
+    # their messages are shown on the password field, or above the form.
+    validation_policies: list[str] = pydantic.Field(default_factory=list)
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "PromptConfig":
@@ -118,8 +121,32 @@ class PromptStage(Stage):
                     errors[field.field_key] = [FieldError("mismatch", self.ctx.gettext("The passwords do not match."))]
         if errors:
             return Invalid(errors)
-        self.ctx.plan.set(PROMPT_DATA, {**(self.ctx.plan.get(PROMPT_DATA) or {}), **values})
+        merged = {**(self.ctx.plan.get(PROMPT_DATA) or {}), **values}
+        if self.config.validation_policies:
+            messages = await self._validate(merged)
+            if messages:
+                target = next((f.field_key for f in self.config.fields if f.type == "password"), "non_field_errors")
+                return Invalid({target: [FieldError("policy", m) for m in messages]})
+        self.ctx.plan.set(PROMPT_DATA, merged)
         return Continue()
+
+    async def _validate(self, data: dict[str, Any]) -> list[str]:
+        """Run the validation policies on the answers; the messages of those that fail."""
+        from keystage.engine import policy_engine
+        from keystage.engine.flow_context import PENDING_USER
+        from keystage.engine.policy import PolicyRequest
+
+        keystage = self.ctx.keystage
+        bindings = await policy_engine.bindings_for_policies(keystage, self.config.validation_policies)
+        user_id = self.ctx.plan.get(PENDING_USER)
+        user = await keystage.users.get(user_id) if user_id else None
+        context = {**self.ctx.plan.data, PROMPT_DATA.name: data}
+        result = await policy_engine.evaluate(keystage, bindings, "all",
+                                              PolicyRequest(keystage, user, self.ctx.request, context))
+        if result.passing:
+            return []
+        return [self.ctx.gettext(m) for m in result.messages] or [
+            self.ctx.gettext("These answers are not accepted.")]
 
 
 @hookimpl
