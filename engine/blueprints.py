@@ -33,7 +33,6 @@ import yaml
 
 from . import events
 from .errors import KeystageError
-from .stage import config_errors
 from .users import UserError, validate_email, validate_username
 
 if TYPE_CHECKING:
@@ -559,10 +558,7 @@ class _Applier:
         try:
             parsed = spec.fields.model_validate(data)
         except pydantic.ValidationError as exc:
-            error = exc.errors()[0]
-            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            loc = ".".join(str(p) for p in error["loc"])
-            raise _EntryError(_join(prefix, loc), error["msg"] + more) from None
+            raise _validation_error(exc, prefix) from None
         values = {name: getattr(parsed, name) for name in parsed.model_fields_set}
         for name, value in values.items():
             if value is None and name not in spec.nullable:
@@ -743,14 +739,22 @@ def _validated_config(kind: Any, raw: Any) -> dict[str, Any]:
     try:
         config = kind.validate_config(raw)
     except pydantic.ValidationError as exc:
-        problems = config_errors(exc)
-        field, _, problem = problems[0].partition(": ")
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise _EntryError(f"config.{field}", problem + more) from None
+        raise _validation_error(exc, "config") from None
+    except Exception as exc:  # a plugin's own validate_config: its bugs are the admin's error message
+        raise _EntryError("config", f"cannot be validated by {kind.__name__}: {type(exc).__name__}: {exc}") from None
     if isinstance(config, pydantic.BaseModel):
         # What the admin set, normalised; defaults stay defaults (a later version may change them).
         return config.model_dump(mode="json", exclude_unset=True, by_alias=True)
     return dict(raw)
+
+
+def _validation_error(exc: pydantic.ValidationError, prefix: str) -> _EntryError:
+    """The first problem, with where it is (``config.fields.0.label``) and how many more there are."""
+    error = exc.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    loc = ".".join(str(p) for p in error["loc"])
+    return _EntryError((_join(prefix, loc) if loc else prefix) or None, message + more)
 
 
 def _db_value(value: Any) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
+import pydantic
 import pytest
 import pytest_asyncio
 from keystage.engine import hookimpl
@@ -37,6 +38,22 @@ class FormConfig(StageConfig):
 
 class CounterConfig(StageConfig):
     failed_attempts_before_cancel: int = 5
+
+
+class RangeConfig(StageConfig):
+    low: int = 0
+    high: int = 10
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> RangeConfig:
+        if self.low > self.high:
+            raise ValueError("low may not exceed high")
+        return self
+
+
+class RangeStage(Stage):
+    type_name = "bp_test_range"
+    Config = RangeConfig
 
 
 class FormStage(Stage):
@@ -68,7 +85,7 @@ class ThresholdPolicy(PolicyType):
 class StagesPlugin:
     @hookimpl
     def register_stage_types(self) -> list[type]:
-        return [FormStage, CounterStage, EmptyStage]
+        return [FormStage, CounterStage, EmptyStage, RangeStage]
 
     @hookimpl
     def register_policy_types(self) -> list[type]:
@@ -352,6 +369,9 @@ BAD = {
     "bad policy config": (
         GOOD_FIRST + "  - model: policy\n    identifiers: {name: only-admins}\n    attrs: {config: {x: many}}\n",
         "file2.yaml: entries[1] (policy): config.x: Input should be a valid integer"),
+    "stage config as a whole": (
+        GOOD_FIRST + "  - model: stage\n    identifiers: {name: r}\n    attrs: {type: bp_test_range, config: {low: 5, high: 1}}\n",
+        "file2.yaml: entries[1] (stage): config: low may not exceed high"),
     "unknown stage config key": (
         GOOD_FIRST + "  - model: stage\n    identifiers: {name: s2}\n    attrs: {type: bp_test_empty, config: {x: 1}}\n",
         "file2.yaml: entries[1] (stage): config.x: Extra inputs are not permitted"),
