@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import events
@@ -45,6 +46,8 @@ class Binding:
     policy_name: str | None = None
     policy_type: str | None = None
     policy_config: dict[str, Any] | None = None
+    policy_id: int | None = None
+    policy_version: int = 0
 
     @classmethod
     def from_row(cls, row: Any) -> Binding:
@@ -56,10 +59,12 @@ class Binding:
             timeout=row["timeout"], failure_result=row["failure_result"], user_id=row["user_id"],
             group_id=row["group_id"], policy_name=row["policy_name"], policy_type=row["policy_type"],
             policy_config=json.loads(config) if isinstance(config, str) else config,
+            policy_id=row["policy_id"], policy_version=row["policy_version"] or 0,
         )
 
 
 BINDING_COLUMNS = """b.id, b."order", b.enabled, b.negate, b.timeout, b.failure_result, b.user_id, b.group_id,
+                     p.id AS policy_id, p.version AS policy_version,
                      p.name AS policy_name, p.type AS policy_type, p.config AS policy_config"""
 
 
@@ -85,7 +90,8 @@ async def bindings_for_policies(keystage: Keystage, names: list[str]) -> list[Bi
 
     A name with no policy behind it yields a binding of an unknown type: it fails closed.
     """
-    rows = await keystage.pool.fetch("SELECT id, name, type, config FROM policies WHERE name = ANY($1::text[])", names)
+    rows = await keystage.pool.fetch(
+        "SELECT id, name, type, config, version FROM policies WHERE name = ANY($1::text[])", names)
     by_name = {r["name"]: r for r in rows}
     bindings = []
     for order, name in enumerate(names):
@@ -94,6 +100,7 @@ async def bindings_for_policies(keystage: Keystage, names: list[str]) -> list[Bi
             id=0, order=order, enabled=True, negate=False, timeout=30, failure_result=False,
             policy_name=name, policy_type=row["type"] if row else None,
             policy_config=(json.loads(row["config"]) if row else {}),
+            policy_id=row["id"] if row else None, policy_version=row["version"] if row else 0,
         ))
     return bindings
 
@@ -130,6 +137,44 @@ async def evaluate(keystage: Keystage, bindings: list[Binding], mode: str, reque
     return PolicyResult(passing, messages, inject_flow=None if passing else inject)
 
 
+class PolicyCache:
+    """Recent results of cacheable policies, per process.
+
+    Keys hold the policy's id and version, the user's id and version (which moves with
+    group membership changes) and the request data the policy says it depends on, all
+    read from the database in the same request: a change to any of them is a miss, so
+    no invalidation message is needed between workers. Entries live ``ttl`` seconds.
+    """
+
+    def __init__(self, ttl: float = 10.0, size: int = 50_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[tuple[Any, ...], tuple[float, PolicyResult]] = {}
+
+    def get(self, key: tuple[Any, ...]) -> PolicyResult | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[Any, ...], result: PolicyResult) -> None:
+        if len(self._entries) >= self.size:
+            # Drop the oldest tenth: cheap, and the cache refills from live traffic.
+            for old in list(self._entries)[: self.size // 10]:
+                del self._entries[old]
+        self._entries[key] = (time.monotonic() + self.ttl, result)
+
+
+def _cache(keystage: Keystage) -> PolicyCache:
+    cache = keystage.state.get("policy_cache")
+    if cache is None:
+        cache = keystage.state["policy_cache"] = PolicyCache()
+    return cache
+
+
 async def _run_policy(keystage: Keystage, binding: Binding, request: PolicyRequest) -> PolicyResult | None:
     """Run one policy; ``None`` means it failed (the binding's ``failure_result`` applies)."""
     reason: str
@@ -140,7 +185,17 @@ async def _run_policy(keystage: Keystage, binding: Binding, request: PolicyReque
     else:
         try:
             policy = cls(binding.policy_name or "", cls.validate_config(binding.policy_config or {}))
+            key = None
+            if cls.cacheable and binding.policy_id is not None:
+                user = request.user
+                key = (binding.policy_id, binding.policy_version, user.id if user else None,
+                       user.version if user else None, policy.cache_key(request))
+                cached = _cache(keystage).get(key)
+                if cached is not None:
+                    return cached
             answer = await asyncio.wait_for(policy.passes(request), timeout=binding.timeout)
+            if key is not None and isinstance(answer, PolicyResult):
+                _cache(keystage).put(key, answer)
         except asyncio.TimeoutError:
             reason = f"timed out after {binding.timeout} s"
         except Exception as exc:  # a broken policy must never let anyone through

@@ -41,6 +41,8 @@ class User:
     created_at: dt.datetime
     last_login_at: dt.datetime | None
     password_changed_at: dt.datetime | None = None
+    # Moves whenever the user or their group memberships change (engine/sql/0005_versions.sql).
+    version: int = 0
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> User:
@@ -60,7 +62,7 @@ class Group:
 
 _USER_COLUMNS = (
     "id, username, email, display_name, password_hash, is_active, is_superuser, attributes, "
-    "preferred_locale, created_at, last_login_at, password_changed_at"
+    "preferred_locale, created_at, last_login_at, password_changed_at, version"
 )
 
 

@@ -33,7 +33,9 @@ class PasswordPolicyConfig(PolicyConfig):
 def common_passwords() -> frozenset[str]:
     from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
-    return frozenset(FREQUENCY_LISTS["passwords"].split(","))
+    passwords = FREQUENCY_LISTS["passwords"]
+    # zxcvbn keeps the list as one comma-separated string in some releases, a list in others.
+    return frozenset(passwords.split(",") if isinstance(passwords, str) else passwords)
 
 
 def problems(password: str, config: PasswordPolicyConfig, usernames: list[str]) -> list[str]:

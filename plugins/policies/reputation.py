@@ -44,9 +44,9 @@ async def score(keystage: Any, kind: str, value: str) -> int:
 async def adjust(keystage: Any, kind: str, value: str, delta: int) -> int:
     """Change a score by ``delta`` (clamped), in the store and the table; one statement each."""
     new = await keystage.pool.fetchval(
-        """INSERT INTO reputation_scores (kind, identifier, score) VALUES ($1, $2, GREATEST($4, LEAST($5, $3)))
+        """INSERT INTO reputation_scores (kind, identifier, score) VALUES ($1, $2, GREATEST($4::int, LEAST($5::int, $3::int)))
            ON CONFLICT (kind, identifier) DO UPDATE
-           SET score = GREATEST($4, LEAST($5, reputation_scores.score + $3)), updated_at = now()
+           SET score = GREATEST($4::int, LEAST($5::int, reputation_scores.score + $3::int)), updated_at = now()
            RETURNING score""",
         kind, value.casefold(), delta, MIN_SCORE, MAX_SCORE,
     )
