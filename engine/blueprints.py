@@ -100,7 +100,15 @@ class _Env:
 
 
 class _Id(int):
-    """A row id that came from ``!Find`` (a plain integer in a reference field is refused)."""
+    """A row id that came from ``!Find`` (a plain integer in a reference field is refused),
+    with the model it is an id of, so that a stage's id never lands in a flow field."""
+
+    model: str
+
+    def __new__(cls, value: int, model: str) -> _Id:
+        instance = super().__new__(cls, value)
+        instance.model = model
+        return instance
 
 
 class _Loader(yaml.SafeLoader):
@@ -532,11 +540,15 @@ class _Applier:
             raise _NotFound(path, f"{label}: no such {spec.name}")
         if len(ids) > 1:
             raise _EntryError(path, f"{label}: matches more than one {spec.name}")
-        return _Id(ids[0])
+        return _Id(ids[0], spec.name)
 
     async def reference(self, model: str, value: Any, path: str) -> int | None:
-        if value is None or isinstance(value, _Id):
-            return value
+        if value is None:
+            return None
+        if isinstance(value, _Id):
+            if value.model != model:
+                raise _EntryError(path, f"!Find gives a {value.model}, this field takes a {model}")
+            return int(value)
         spec = MODELS[model]
         if not isinstance(value, str) or spec.natural_key is None:
             expected = f"a {spec.natural_key} or a !Find" if spec.natural_key else "a !Find"

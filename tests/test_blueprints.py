@@ -353,6 +353,10 @@ BAD = {
         GOOD_FIRST + "  - model: flow_stage_binding\n"
         "    identifiers: {flow: !Find [flow, {slug: nope}], stage: login-form, order: 30}\n",
         "file2.yaml: entries[1] (flow_stage_binding): flow: !Find [flow, slug=nope]: no such flow"),
+    "find of the wrong model": (
+        GOOD_FIRST + "  - model: flow_stage_binding\n"
+        "    identifiers: {flow: !Find [stage, {name: login-form}], stage: login-form, order: 30}\n",
+        "file2.yaml: entries[1] (flow_stage_binding): flow: !Find gives a stage, this field takes a flow"),
     "name of nothing": (
         GOOD_FIRST + "  - model: group\n    identifiers: {name: x}\n    attrs: {parent: nope}\n",
         "file2.yaml: entries[1] (group): parent: no group with name 'nope'"),
