@@ -687,6 +687,8 @@ class _Applier:
             if "password" in values and "password_hash" in values:
                 raise _EntryError("password", "give password or password_hash, not both")
             password = values.pop("password", None)
+            if password == "":
+                raise _EntryError("password", "may not be empty (leave it out to keep the current one)")
             if password is not None:
                 stored = current.get("password_hash")
                 if stored and (await self.keystage.passwords.verify(stored, password)).valid:

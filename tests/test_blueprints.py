@@ -394,6 +394,9 @@ BAD = {
     "not JSON": (
         GOOD_FIRST + "  - model: user\n    identifiers: {username: carol}\n    attrs: {attributes: {born: 2001-02-03}}\n",
         "file2.yaml: entries[1] (user): attributes: not representable as JSON: Object of type date"),
+    "empty password": (
+        GOOD_FIRST + "  - model: user\n    identifiers: {username: alice}\n    attrs: {password: ''}\n",
+        "file2.yaml: entries[1] (user): password: may not be empty"),
     "bad email": (
         GOOD_FIRST + "  - model: user\n    identifiers: {username: carol}\n    attrs: {email: not-an-address}\n",
         "file2.yaml: entries[1] (user): email: not an email address"),
