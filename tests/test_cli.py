@@ -408,3 +408,59 @@ def test_user_create_needs_a_password_on_stdin(tmp_path: Path, keystage_database
     env = clean_env(tmp_path / "data", KEYSTAGE_DATABASE_URL=keystage_database_url)
     result = keystage("user", "create", "carol", "--password-stdin", env=env, cwd=tmp_path, stdin="")
     assert "password" in assert_one_clean_line(result, 2)
+
+
+# -- the admin documentation keeps up with the code ---------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_every_setting_is_documented() -> None:
+    import dataclasses
+
+    from keystage.engine.config import Settings
+
+    text = (DOCS / "admin" / "configuration.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `KEYSTAGE_")}
+    internal = {"plugin_config", "config_file"}  # [plugin.NAME] tables and --config, documented in prose
+    for field in dataclasses.fields(Settings):
+        if field.name in internal:
+            continue
+        env_name = f"`KEYSTAGE_{field.name.upper()}`"
+        assert env_name in rows, f"{env_name} is not in the settings table of docs/admin/configuration.md"
+        assert f"`{field.name}`" in rows[env_name], f"the TOML key of {env_name} is not documented"
+    documented = {name.strip("`").removeprefix("KEYSTAGE_").lower() for name in rows}
+    stale = documented - {f.name for f in dataclasses.fields(Settings)}
+    assert not stale, f"documented settings that do not exist: {sorted(stale)}"
+
+
+def test_every_command_is_documented() -> None:
+    import click
+
+    from keystage.engine.cli import main
+
+    text = (DOCS / "admin" / "cli.md").read_text()
+
+    def walk(group: click.Group, prefix: str) -> Iterator[str]:
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from walk(command, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}"
+
+    commands = list(walk(main, "keystage "))
+    assert "keystage plugins list" in commands
+    for command in commands:
+        assert f"`{command}" in text, f"`{command}` is not documented in docs/admin/cli.md"
+
+
+def test_docs_links_resolve() -> None:
+    import re
+
+    pages = [DOCS / "README.md", *(DOCS / "admin" / name for name in ("configuration.md", "cli.md", "operations.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            assert path.exists(), f"{page.relative_to(DOCS.parent)}: link to {target} leads nowhere"
