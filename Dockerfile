@@ -18,9 +18,10 @@ COPY locales ./locales
 RUN python -m venv /opt/keystage && /opt/keystage/bin/pip install .
 
 FROM python:3.11-slim-bookworm
-# xmlsec1 signs and verifies SAML messages (pysaml2 calls the binary).
+# xmlsec1 signs and verifies SAML messages (pysaml2 calls the binary). tini runs as PID 1: it
+# forwards SIGTERM to keystage and reaps the PostgreSQL processes that pg_ctl leaves to PID 1.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends xmlsec1 \
+    && apt-get install -y --no-install-recommends xmlsec1 tini \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin keystage \
     && mkdir -p /data \
@@ -39,4 +40,5 @@ EXPOSE 9000
 # Liveness only: readiness (/-/health/ready/) also needs the database, which may be restarting.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('KEYSTAGE_LISTEN', '0.0.0.0:9000').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/-/health/live/', timeout=4)"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["keystage", "serve"]

@@ -143,7 +143,7 @@ def test_copies_every_package_folder() -> None:
 
 def test_installs_xmlsec1_and_keystage() -> None:
     runs = " ".join(arguments for keyword, arguments in INSTRUCTIONS_PARSED if keyword == "RUN")
-    assert "xmlsec1" in runs
+    assert "xmlsec1" in runs and "tini" in runs
     assert "pip install ." in runs
 
 
@@ -157,6 +157,8 @@ def test_final_image_settings() -> None:
     users = [arguments for keyword, arguments in FINAL if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
     assert exec_form(keywords["CMD"]) == ["keystage", "serve"]
+    # An init as PID 1 reaps the PostgreSQL processes pg_ctl leaves behind and forwards SIGTERM.
+    assert Path(exec_form(keywords["ENTRYPOINT"])[0]).name == "tini"
 
 
 def healthcheck_command() -> list[str]:
