@@ -45,6 +45,7 @@ async def create_pool(url: str, *, timeout: float, size: int = 10) -> asyncpg.Po
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=size, timeout=min(10.0, max(timeout, 1.0)),
                 command_timeout=60, server_settings={"application_name": "keystage"},
+                reset=_keep_session,
             )
             assert pool is not None
             return pool
@@ -60,6 +61,12 @@ async def create_pool(url: str, *, timeout: float, size: int = 10) -> asyncpg.Po
             log.warning("PostgreSQL at %s not reachable (%s); retrying in %.1f s", describe(url), reason, delay)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 5.0)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset on release (``RESET ALL; UNLISTEN *; ...``): one round trip per
+    query saved. keystage never leaves session state behind — no LISTEN, no SET, and the
+    one session-level advisory lock (migrations) is released in a ``finally``."""
 
 
 def _reason(exc: BaseException) -> str:

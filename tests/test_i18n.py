@@ -147,7 +147,7 @@ async def test_json_face_field_errors_are_translated(app: Any) -> None:
     response = await client.post(url, json={"component": "identification", "uid_field": ""}, headers=headers)
     errors = (await response.get_json())["response_errors"]
     assert errors["uid_field"][0]["code"] == "required"
-    assert errors["uid_field"][0]["message"].startswith("Bitte geben Sie Folgendes ein:")
+    assert errors["uid_field"][0]["message"] == "Bitte geben Sie Ihren Benutzernamen oder Ihre E-Mail-Adresse ein."
     await client.post(url, json={"component": "identification", "uid_field": "alice"}, headers=headers)
     response = await client.post(url, json={"component": "password", "password": "wrong"}, headers=headers)
     challenge = await response.get_json()

@@ -44,6 +44,15 @@ class IdentificationStage(Stage):
             return self.ctx.gettext("Username")
         return self.ctx.gettext("Username or email address")
 
+    def _missing(self) -> str:
+        # Whole sentences per case: a label spliced into a sentence cannot be translated well.
+        fields = self.config.user_fields
+        if fields == ["email"]:
+            return self.ctx.gettext("Please enter your email address.")
+        if fields == ["username"]:
+            return self.ctx.gettext("Please enter your username.")
+        return self.ctx.gettext("Please enter your username or email address.")
+
     async def challenge(self) -> dict[str, Any]:
         return {
             "user_fields": list(self.config.user_fields),
@@ -57,8 +66,7 @@ class IdentificationStage(Stage):
     async def submit(self, response: Mapping[str, Any]) -> StageResult:
         uid = response.get("uid_field")
         if not isinstance(uid, str) or not uid.strip():
-            return Invalid({"uid_field": [FieldError("required", self.ctx.gettext("Please enter your %(what)s.",
-                                                                                     what=self._label().lower()))]})
+            return Invalid({"uid_field": [FieldError("required", self._missing())]})
         uid = uid.strip()[:MAX_IDENTIFIER]
         user = await self.ctx.keystage.users.find(uid, fields=tuple(self.config.user_fields))
         known = user is not None and user.is_active
