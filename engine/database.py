@@ -58,7 +58,8 @@ async def create_pool(url: str, *, timeout: float, size: int = 10) -> asyncpg.Po
                 raise StartupError(
                     f"cannot reach PostgreSQL at {describe(url)} after {timeout:g} s: {reason}"
                 ) from None
-            log.warning("PostgreSQL at %s not reachable (%s); retrying in %.1f s", describe(url), reason, delay)
+            # DEBUG: a slow database start is normal; giving up is the one line admins see.
+            log.debug("PostgreSQL at %s not reachable (%s); retrying in %.1f s", describe(url), reason, delay)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 5.0)
 

@@ -60,6 +60,13 @@ def _keystage_version() -> str:
         return "0+unknown"
 
 
+def _hook_problem(exc: pluggy.PluginValidationError) -> str:
+    # pluggy's message ends with the plugin object's repr, which says nothing useful here.
+    text = str(exc)
+    return text.split(" in plugin <", 1)[0] + (" (no such hook: check the spelling against docs/plugins/hooks.md)"
+                                               if "unknown hook" in text else "")
+
+
 def _bundled_name(module_name: str) -> str:
     return module_name.removeprefix("keystage.")
 
@@ -104,7 +111,10 @@ class PluginManager:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {self._name_of(exc.plugin)}: {exc}") from None
+            name = self._name_of(exc.plugin)
+            info = self.infos.get(name)
+            version = f" {info.version}" if info else ""
+            raise PluginError(f"plugin {name}{version}: {_hook_problem(exc)}") from None
         self._check_configs()
 
     def register(self, name: str, plugin: object, version: str = "test") -> None:
@@ -114,7 +124,7 @@ class PluginManager:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.unregister(name)
-            raise PluginError(f"plugin {name}: {exc}") from None
+            raise PluginError(f"plugin {name} {version}: {_hook_problem(exc)}") from None
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
