@@ -178,6 +178,7 @@ def _cache(keystage: Keystage) -> PolicyCache:
 async def _run_policy(keystage: Keystage, binding: Binding, request: PolicyRequest) -> PolicyResult | None:
     """Run one policy; ``None`` means it failed (the binding's ``failure_result`` applies)."""
     reason: str
+    line: int | None = None
     policy_types: dict[str, type[PolicyType]] = keystage.policy_types
     cls = policy_types.get(binding.policy_type or "")
     if cls is None:
@@ -200,6 +201,7 @@ async def _run_policy(keystage: Keystage, binding: Binding, request: PolicyReque
             reason = f"timed out after {binding.timeout} s"
         except Exception as exc:  # a broken policy must never let anyone through
             reason = f"{type(exc).__name__}: {exc}"
+            line = getattr(exc, "line", None)  # the admin's line, for expression errors
         else:
             if isinstance(answer, PolicyResult):
                 return answer
@@ -210,6 +212,6 @@ async def _run_policy(keystage: Keystage, binding: Binding, request: PolicyReque
         user_id=request.user.id if request.user else None,
         username=request.user.username if request.user else None,
         client_ip=request.request.client_ip if request.request else None,
-        context={"policy": binding.policy_name, "binding": binding.id, "reason": reason},
+        context={"policy": binding.policy_name, "binding": binding.id, "reason": reason, "line": line},
     ))
     return None
