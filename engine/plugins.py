@@ -27,6 +27,7 @@ API_VERSION = "1.0"
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "keystage.plugins.hashers.argon2id",
     "keystage.plugins.policies.superuser_absent",
+    "keystage.plugins.policies.expression",
     "keystage.plugins.policies.password",
     "keystage.plugins.policies.password_expiry",
     "keystage.plugins.policies.reputation",
