@@ -214,3 +214,7 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
 from .cli_blueprint import blueprint  # noqa: E402  (imports the helpers above)
 
 main.add_command(blueprint)
+
+from .cli_i18n import i18n  # noqa: E402
+
+main.add_command(i18n)

@@ -23,6 +23,9 @@ log = logging.getLogger("keystage.i18n")
 DOMAIN = "keystage"
 LOCALES_DIR = Path(__file__).resolve().parent.parent / "locales"
 RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur", "ps", "yi", "dv", "ckb", "sd", "ug"})
+# Generated pseudo-locales (``keystage i18n pseudo``) and the real locale whose CLDR data they
+# borrow: Babel does not know ``en_XA``, a private-use region code CLDR reserves for this.
+PSEUDO_LOCALES = {"en_XA": "en"}
 
 
 def N_(message: str) -> str:
@@ -34,6 +37,9 @@ def parse_locale(value: str | None) -> str | None:
     """Normalise ``de-DE`` / ``de_de`` to ``de_DE``; ``None`` for anything malformed or unknown."""
     if not value or len(value) > 35:
         return None
+    pseudo = {code.lower(): code for code in PSEUDO_LOCALES}.get(value.strip().replace("-", "_").lower())
+    if pseudo:
+        return pseudo
     try:
         return str(Locale.parse(value.strip().replace("-", "_")))
     except (ValueError, TypeError, UnknownLocaleError):
@@ -145,6 +151,8 @@ def format_kwargs(translations: Any) -> dict[str, Any]:
 
 def display_name(locale: str) -> str:
     """A locale's name in its own language, for the language switcher."""
+    if locale in PSEUDO_LOCALES:
+        return f"[{locale}]"
     try:
         name = Locale.parse(locale).get_display_name(locale) or locale
     except (ValueError, UnknownLocaleError):
