@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 import uuid
-
+from collections.abc import Iterable
 from pathlib import Path
-
 from typing import Any
 
-from quart import Quart, Response, g, jsonify, render_template, request
+from quart import Blueprint, Quart, Response, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from keystage import web
 from . import i18n, sessions
 from .config import Settings
+from .errors import PluginError
 from .flow_views import flow_views
 from .request_info import trusted_networks
-from .templates import template_loader
+from .templates import plugin_folders, template_loader
 from .health import health
 from .metrics import Metrics
 from .runtime import Keystage
@@ -28,6 +29,9 @@ from . import web_context
 
 access_log = logging.getLogger("keystage.access")
 log = logging.getLogger("keystage")
+
+# Every third-party plugin's routes and static files live under PLUGIN_URL_PREFIX/<plugin name>/.
+PLUGIN_URL_PREFIX = "/-/plugins"
 
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -62,14 +66,14 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
         settings.default_locale,
     )
     app.extensions["keystage_trusted_proxies"] = trusted_networks(settings)
-    app.jinja_loader = template_loader(kernel)
+    routes = plugin_routes(kernel)
+    # Our loader replaces Quart's dispatching one, so blueprint template folders are only
+    # reachable under their plugin's prefix (set before anything creates app.jinja_env).
+    app.jinja_options = {**app.jinja_options, "loader": template_loader(kernel, _template_folders(routes))}
     sessions.install(app)
     app.register_blueprint(health)
     app.register_blueprint(flow_views)
-    for name, blueprint in kernel.plugins.collect(
-        "register_routes", lambda b: hasattr(b, "register") and hasattr(b, "name"), "a Quart Blueprint"
-    ):
-        app.register_blueprint(blueprint)
+    mount_plugins(app, kernel, routes)
 
     @app.before_serving
     async def _open() -> None:
@@ -127,6 +131,85 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
         return jsonify({"error": "Internal Server Error", "status": 500, "request_id": rid}), 500
 
     return app
+
+
+def plugin_routes(kernel: Keystage, only: str | None = None) -> dict[str, list[Blueprint]]:
+    """The blueprints each plugin answers to ``register_routes``, by plugin name."""
+    routes: dict[str, list[Blueprint]] = {}
+    for name, blueprint in kernel.plugins.collect("register_routes", _is_blueprint, "a Quart Blueprint"):
+        if only is None or name == only:
+            routes.setdefault(name, []).append(blueprint)
+    return routes
+
+
+def mount_plugins(app: Quart, kernel: Keystage, routes: dict[str, list[Blueprint]],
+                  names: Iterable[str] | None = None) -> None:
+    """Mount plugins' routes and static folders; a route colliding with an existing one is a PluginError.
+
+    A third-party plugin's blueprints are nested in one blueprint at ``/-/plugins/<name>``, which
+    also serves the plugin package's ``static/`` folder at ``/-/plugins/<name>/static/``; so no
+    route of a plugin can shadow the kernel's or another plugin's. Bundled plugins (reviewed with
+    the kernel; protocols need fixed paths such as ``/.well-known/...``) mount as declared.
+    """
+    statics = plugin_folders(kernel, "static")
+    owners: dict[str, str] = app.extensions.setdefault("keystage_route_owners", {})
+    for name in names if names is not None else [i.name for i in kernel.plugins.list() if i.enabled]:
+        blueprints = routes.get(name, [])
+        info = kernel.plugins.infos.get(name)
+        bundled = info is not None and info.origin == "bundled"
+        to_mount = list(blueprints) if bundled else []
+        if (blueprints and not bundled) or name in statics:
+            parent = Blueprint(
+                _namespace(name), __name__, url_prefix=f"{PLUGIN_URL_PREFIX}/{name}",
+                static_folder=str(statics[name][0]) if name in statics else None, static_url_path="/static",
+            )
+            for blueprint in [] if bundled else blueprints:
+                parent.register_blueprint(blueprint)
+            to_mount.append(parent)
+        for blueprint in to_mount:
+            before = {rule.endpoint for rule in app.url_map.iter_rules()}
+            try:
+                app.register_blueprint(blueprint)
+            except (ValueError, AssertionError) as exc:
+                raise PluginError(f"plugin {name}: cannot mount blueprint {blueprint.name!r}: {exc}") from None
+            for rule in app.url_map.iter_rules():
+                if rule.endpoint not in before:
+                    owners[rule.endpoint] = name
+    _check_collisions(app, owners)
+
+
+def _check_collisions(app: Quart, owners: dict[str, str]) -> None:
+    seen: dict[tuple[str, str | None], list[Any]] = {}
+    for rule in app.url_map.iter_rules():
+        methods = set(rule.methods or ()) - {"HEAD", "OPTIONS"}
+        for other in seen.get((rule.rule, rule.host or rule.subdomain), []):
+            if methods & (set(other.methods or ()) - {"HEAD", "OPTIONS"}):
+                first = owners.get(other.endpoint, "the kernel")
+                second = owners.get(rule.endpoint, "the kernel")
+                raise PluginError(
+                    f"route {rule.rule} of {_owner(second)} ({rule.endpoint}) collides with the same route of "
+                    f"{_owner(first)} ({other.endpoint})"
+                )
+        seen.setdefault((rule.rule, rule.host or rule.subdomain), []).append(rule)
+
+
+def _owner(name: str) -> str:
+    return name if name == "the kernel" else f"plugin {name}"
+
+
+def _namespace(plugin_name: str) -> str:
+    return "plugin_" + re.sub(r"[^A-Za-z0-9_]", "_", plugin_name)
+
+
+def _template_folders(routes: dict[str, list[Blueprint]]) -> dict[str, list[str]]:
+    return {
+        name: [str(Path(bp.root_path) / bp.template_folder) for bp in blueprints if bp.template_folder]
+        for name, blueprints in routes.items()
+    }
+
+
+def _is_blueprint(item: Any) -> bool:
+    return isinstance(item, Blueprint)
 
 
 def _wants_html() -> bool:
