@@ -16,7 +16,7 @@ rounds, ratios taken per round, and the noise — the CPU the rest of the machin
 Database: ``KEYSTAGE_DATABASE_URL`` names a server (a scratch database is created on it and dropped
 afterwards); without it an embedded PostgreSQL runs in ``$BENCH_HOME/flows-pg``.
 
-    python bench/flows.py                                    # ~2.5 min with the defaults
+    python bench/flows.py                                    # about 1.5 min with the defaults
     python bench/flows.py --rounds 5 --seconds 8 --concurrency 2,4,8,16
     python bench/flows.py --store redis                      # sessions and plans in Redis
 """
