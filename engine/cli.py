@@ -215,6 +215,10 @@ from .cli_blueprint import blueprint  # noqa: E402  (imports the helpers above)
 
 main.add_command(blueprint)
 
+from .cli_policy import policy  # noqa: E402  (imports the helpers above)
+
+main.add_command(policy)
+
 from .cli_i18n import i18n  # noqa: E402
 
 main.add_command(i18n)

@@ -53,6 +53,7 @@ FORBIDDEN_ATTRIBUTES = frozenset({"format", "format_map", "mro", "maketrans", "t
 GUARDED_OPERATORS = {ast.Add: "_sb_add_", ast.Mult: "_sb_mul_", ast.Pow: "_sb_pow_",
                      ast.LShift: "_sb_lshift_", ast.Mod: "_sb_mod_"}
 KNOWN_NAMES = frozenset(SAFE_BUILTINS) | frozenset(CORE_HELPERS) | {"request", "print", "printed"}
+IMPURE_NAMES = frozenset({"now", "user_by"})
 
 _ERROR = re.compile(r"\x00(\d+|None)\x00(\d+|None)\x00(.*)", re.S)
 
@@ -176,10 +177,19 @@ class Compiled:
     request_attrs: frozenset[str] | None  # ``request.X`` read; None: ``request`` escapes whole
     user_lookups: tuple[tuple[str, str], ...]  # constant ``user_by(field=value)`` calls, prefetched
     uses_groups: bool  # reads ``.groups`` or calls ``is_group_member``
+    bound: frozenset[str] = frozenset()  # names the body assigns (variables, parameters, functions)
 
     @property
     def uses_time(self) -> bool:
         return "now" in self.names
+
+    @property
+    def pure(self) -> bool:
+        """Whether the answer depends only on the request data it reads (no clock, no other users,
+        no plugin helper): such a result may be cached per (policy version, user version, that data)."""
+        if self.request_attrs is None or self.names & IMPURE_NAMES:
+            return False
+        return not (self.names - self.bound - KNOWN_NAMES)
 
 
 _cache: OrderedDict[str, Compiled | ExpressionError] = OrderedDict()
@@ -238,7 +248,7 @@ def _compile(source: str, key: str) -> Compiled:
         raise ExpressionError("compile", f"the expression is too complex to parse ({type(exc).__name__})") from None
     if not tree.body:
         raise ExpressionError("compile", "the expression is empty: write a function body that returns a value")
-    names, request_attrs, lookups, uses_groups, count = _analyse(tree)
+    names, bound, request_attrs, lookups, uses_groups, count = _analyse(tree)
     if count > MAX_NODES:
         raise ExpressionError("compile", f"the expression is too long ({count} syntax nodes; at most {MAX_NODES})")
     try:
@@ -260,11 +270,13 @@ def _compile(source: str, key: str) -> Compiled:
         raise ExpressionError("compile", message, line=line, column=column)
     assert result.code is not None
     return Compiled(key=key, code=result.code, marshaled=marshal.dumps(result.code), names=names,
-                    request_attrs=request_attrs, user_lookups=lookups, uses_groups=uses_groups)
+                    request_attrs=request_attrs, user_lookups=lookups, uses_groups=uses_groups, bound=bound)
 
 
-def _analyse(tree: ast.Module) -> tuple[frozenset[str], frozenset[str] | None, tuple[tuple[str, str], ...], bool, int]:
+def _analyse(tree: ast.Module) -> tuple[frozenset[str], frozenset[str], frozenset[str] | None,
+                                        tuple[tuple[str, str], ...], bool, int]:
     names: set[str] = set()
+    bound: set[str] = set()
     attrs: set[str] = set()
     request_attrs: set[str] = set()
     under_attribute: set[int] = set()
@@ -278,6 +290,12 @@ def _analyse(tree: ast.Module) -> tuple[frozenset[str], frozenset[str] | None, t
                 names.add(node.id)
                 if node.id == "request":
                     request_loads.append(node)
+            else:
+                bound.add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.Lambda)):
+            bound.add(getattr(node, "name", ""))
         elif isinstance(node, ast.Attribute):
             attrs.add(node.attr)
             if isinstance(node.value, ast.Name) and node.value.id == "request":
@@ -291,5 +309,5 @@ def _analyse(tree: ast.Module) -> tuple[frozenset[str], frozenset[str] | None, t
                     lookups.append((keyword.arg, keyword.value.value.lower()))
     escapes = any(id(node) not in under_attribute for node in request_loads)
     uses_groups = "groups" in attrs or "is_group_member" in names
-    return (frozenset(names), None if escapes else frozenset(request_attrs), tuple(dict.fromkeys(lookups)),
-            uses_groups, count)
+    return (frozenset(names), frozenset(bound), None if escapes else frozenset(request_attrs),
+            tuple(dict.fromkeys(lookups)), uses_groups, count)

@@ -17,6 +17,9 @@ See docs/expressions.md.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pydantic
 
 from keystage.engine import sandbox
@@ -42,14 +45,42 @@ class ExpressionConfig(PolicyConfig):
 class ExpressionPolicy(PolicyType):
     type_name = "expression"
     Config = ExpressionConfig
+    # Off for the type; each instance says whether *its* expression may be cached (no
+    # clock, no other users, no plugin helper, and every request field it reads known).
+    cacheable = False
+
+    def __init__(self, name: str, config: PolicyConfig) -> None:
+        super().__init__(name, config)
+        assert isinstance(config, ExpressionConfig)
+        self.compiled = sandbox.compile_expression(config.expression)
+        self.cacheable = self.compiled.pure  # type: ignore[misc]
+
+    def cache_key(self, request: PolicyRequest) -> tuple[Any, ...]:
+        """The request fields this expression reads (the user is part of the engine's key)."""
+        attrs = self.compiled.request_attrs or frozenset()
+        info = request.request
+        parts: list[Any] = []
+        if "ip" in attrs:
+            parts.append(info.client_ip if info else None)
+        if "user_agent" in attrs:
+            parts.append(info.user_agent if info else None)
+        if "headers" in attrs:
+            parts.append(tuple(sorted(info.headers.items())) if info else ())
+        if "context" in attrs:
+            parts.append(json.dumps(request.context, sort_keys=True, default=str))
+        if "flow" in attrs:
+            flow = getattr(request, "flow", None)
+            parts.append((getattr(flow, "slug", None), getattr(flow, "designation", None)))
+        if "application" in attrs:
+            parts.append(repr(getattr(request, "application", None)) + str(request.context.get("application")))
+        return tuple(parts)
 
     async def evaluate(self, request: PolicyRequest) -> sandbox.EvaluationResult:
         """Run the expression for ``request``; ``ExpressionError`` on any failure."""
         config = self.config
         assert isinstance(config, ExpressionConfig)
         pool = sandbox.get_sandbox(request.keystage)
-        compiled = sandbox.compile_expression(config.expression)
-        context = await policy_context(request, compiled, pool.helper_names)
+        context = await policy_context(request, self.compiled, pool.helper_names)
         return await pool.evaluate(config.expression, context=context, timeout=config.timeout,
                                    kind="policy", user_loader=user_loader(request.keystage))
 
