@@ -105,7 +105,7 @@ def machine_busy() -> float:
 class Meter:
     """Wall time, this process's CPU, a server tree's CPU, the datastores' CPU and the rest of the machine."""
 
-    def __init__(self, server_pid: int | None, store_pids: list[int], helpers: list[int] = ()) -> None:
+    def __init__(self, server_pid: int | None, store_pids: list[int], helpers: list[int] | tuple[()] = ()) -> None:
         self.server_pid = server_pid
         self.store_pids = store_pids  # this database's PostgreSQL backends, redis-server
         self.helpers = list(helpers)  # processes of ours outside process_time (the Argon2id pool)
