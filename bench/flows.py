@@ -30,6 +30,7 @@ import multiprocessing as mp
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -508,6 +509,7 @@ def main() -> None:
         raw = asyncio.run(run(args, db, scratch))
     finally:
         db.drop()
+    shutil.rmtree(scratch, ignore_errors=True)  # kept after a failure: serve.log is in it
     out = report(args, raw, " ".join(loadavg))
     out["raw"] = raw
     print_report(out)
