@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from . import events, planner, policy_engine
+from . import events, i18n, planner, policy_engine
 from .flow_context import PENDING_USER, REDIRECT, PlanContext
 from .flows import Flow, load_flow
 from .planner import Denied, Plan, PlanError
@@ -297,6 +297,9 @@ class Executor:
         self.session.modified = True
         await self.keystage.users.mark_login(user_id)
         user = await self.keystage.users.get(user_id)
+        if user is not None and user.preferred_locale:
+            # Read by web_context.locale(): the user's preference, without a query per request.
+            self.session[i18n.USER_LOCALE_SESSION_KEY] = {"user": user_id, "locale": user.preferred_locale}
         await events.record(self.keystage, events.Event(
             "login", user_id=user_id, username=user.username if user else None,
             client_ip=self.request.client_ip, user_agent=self.request.user_agent,
@@ -304,7 +307,11 @@ class Executor:
 
     async def _logout(self) -> None:
         user_id = self.session.user_id
+        # The language chosen with ?locale= belongs to the browser, not the account: keep it.
+        language = self.session.get(i18n.LOCALE_SESSION_KEY)
         await self.sessions.destroy(self.session)
+        if language is not None:
+            self.session[i18n.LOCALE_SESSION_KEY] = language
         if user_id is not None:
             await events.record(self.keystage, events.Event(
                 "logout", user_id=user_id, client_ip=self.request.client_ip, user_agent=self.request.user_agent,

@@ -26,6 +26,10 @@ RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur", "ps", "yi", "dv", "ckb", "sd"
 # Generated pseudo-locales (``keystage i18n pseudo``) and the real locale whose CLDR data they
 # borrow: Babel does not know ``en_XA``, a private-use region code CLDR reserves for this.
 PSEUDO_LOCALES = {"en_XA": "en"}
+# Session keys: the locale chosen with ?locale= (kept across logout), and the signed-in
+# user's preferred locale, {"user": <id>, "locale": <code>}, written at login.
+LOCALE_SESSION_KEY = "locale"
+USER_LOCALE_SESSION_KEY = "user_locale"
 
 
 def N_(message: str) -> str:

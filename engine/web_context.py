@@ -6,10 +6,13 @@ from typing import Any
 
 from quart import current_app, g, request
 
-from . import i18n
+from . import i18n, i18n_format
 from .request_info import RequestInfo, from_request
 
-LOCALE_SESSION_KEY = "locale"
+LOCALE_SESSION_KEY = i18n.LOCALE_SESSION_KEY
+# {"user": <id>, "locale": <preferred_locale>}, written at login (the executor has the user row
+# then), so negotiation needs no database round trip per request.
+USER_LOCALE_SESSION_KEY = i18n.USER_LOCALE_SESSION_KEY
 
 
 def keystage() -> Any:
@@ -30,13 +33,24 @@ def locale() -> str:
     if asked and session is not None:
         if session.get(LOCALE_SESSION_KEY) != asked:
             session[LOCALE_SESSION_KEY] = asked
-    preferred = g.get("user_locale")
+    preferred = g.get("user_locale") or _session_user_locale(session)
     from_session = session.get(LOCALE_SESSION_KEY) if session is not None else None
     chosen = (asked or cats.best([preferred]) or cats.best([from_session])
               or cats.best(i18n.accept_language(request.headers.get("Accept-Language")))
               or cats.best([cats.default_locale]) or "en")
     g.locale = chosen
     return chosen
+
+
+def _session_user_locale(session: Any) -> str | None:
+    """The signed-in user's preferred locale, as remembered in the session at login."""
+    if session is None or session.user_id is None:
+        return None
+    remembered = session.get(USER_LOCALE_SESSION_KEY)
+    if isinstance(remembered, dict) and remembered.get("user") == session.user_id:
+        value = remembered.get("locale")
+        return value if isinstance(value, str) else None
+    return None
 
 
 def translations() -> Any:
@@ -52,12 +66,15 @@ def request_info() -> RequestInfo:
 
 
 def template_globals() -> dict[str, Any]:
-    """What every page template sees: language, direction, gettext callables, the switcher's locales."""
+    """What every page template sees: language, direction, gettext callables, date and number
+    formatting in the request's locale, the switcher's locales (a pseudo-locale only while in use)."""
     current = locale()
     return {
         "lang": i18n.html_lang(current),
         "dir": i18n.text_direction(current),
         "current_locale": current,
-        "available_locales": [(code, i18n.display_name(code)) for code in catalogs().locales],
+        "available_locales": [(code, i18n.display_name(code)) for code in catalogs().locales
+                              if code not in i18n.PSEUDO_LOCALES or code == current],
         **i18n.format_kwargs(translations()),
+        **i18n_format.formatters(current),
     }
