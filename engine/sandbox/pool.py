@@ -444,7 +444,7 @@ class Sandbox:
             results = answer["r"]
             if not isinstance(results, list) or len(results) != len(items):
                 raise ValueError("wrong number of results")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             fatal = answer.get("fatal") if isinstance(answer, dict) else None
             self._discard(worker)
             if isinstance(fatal, str):
@@ -642,5 +642,5 @@ def _outcome(item: list[Any], kind: str, limits: Mapping[str, int]) -> Evaluatio
                                   log_lines=_texts(item[4], limits["max_log_lines"], limits["max_line"]),
                                   messages=_texts(item[5], limits["max_messages"], limits["max_line"]))
         raise ValueError(f"unknown answer {tag!r}")
-    except (ValueError, IndexError, TypeError) as exc:
+    except (ValueError, IndexError, TypeError, RecursionError) as exc:
         raise ExpressionError("runtime", f"the sandbox worker sent an invalid answer ({exc})") from None
