@@ -298,7 +298,9 @@ class Executor:
         await self.keystage.users.mark_login(user_id)
         user = await self.keystage.users.get(user_id)
         if user is not None and user.preferred_locale:
-            # Read by web_context.locale(): the user's preference, without a query per request.
+            # Read by web_context.locale(): the user's preference, without a query per request. It
+            # replaces a language picked before signing in; one picked afterwards wins over it.
+            self.session.pop(i18n.LOCALE_SESSION_KEY, None)
             self.session[i18n.USER_LOCALE_SESSION_KEY] = {"user": user_id, "locale": user.preferred_locale}
         await events.record(self.keystage, events.Event(
             "login", user_id=user_id, username=user.username if user else None,

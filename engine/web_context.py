@@ -24,7 +24,9 @@ def catalogs() -> i18n.Catalogs:
 
 
 def locale() -> str:
-    """Negotiated per request: ?locale= (remembered) → user's preference → session → Accept-Language → default → en."""
+    """Negotiated per request: ?locale= (remembered in the session) → the signed-in user's preference
+    → Accept-Language → default → en. At login the user's preference replaces a language picked
+    before (executor ``_login``); one picked while signed in wins over the preference."""
     if "locale" in g:
         return str(g.locale)
     cats = catalogs()
@@ -35,7 +37,7 @@ def locale() -> str:
             session[LOCALE_SESSION_KEY] = asked
     preferred = g.get("user_locale") or _session_user_locale(session)
     from_session = session.get(LOCALE_SESSION_KEY) if session is not None else None
-    chosen = (asked or cats.best([preferred]) or cats.best([from_session])
+    chosen = (asked or cats.best([from_session]) or cats.best([preferred])
               or cats.best(i18n.accept_language(request.headers.get("Accept-Language")))
               or cats.best([cats.default_locale]) or "en")
     g.locale = chosen
