@@ -61,15 +61,12 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
     if settings.secure_cookies:
         headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
 
-    app.extensions["keystage_catalogs"] = i18n.Catalogs(
-        kernel.plugins.collect("register_locales", _is_locale_source, "a (domain, directory) pair"),
-        settings.default_locale,
-    )
+    app.extensions["keystage_catalogs"] = build_catalogs(kernel)
     app.extensions["keystage_trusted_proxies"] = trusted_networks(settings)
     routes = plugin_routes(kernel)
     # Our loader replaces Quart's dispatching one, so blueprint template folders are only
     # reachable under their plugin's prefix (set before anything creates app.jinja_env).
-    app.jinja_options = {**app.jinja_options, "loader": template_loader(kernel, _template_folders(routes))}
+    app.jinja_options = {**app.jinja_options, "loader": template_loader(kernel, blueprint_template_folders(routes))}
     sessions.install(app)
     app.register_blueprint(health)
     app.register_blueprint(flow_views)
@@ -133,6 +130,14 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
     return app
 
 
+def build_catalogs(kernel: Keystage) -> i18n.Catalogs:
+    """The kernel's catalogs with every plugin's (``register_locales``) under them."""
+    return i18n.Catalogs(
+        kernel.plugins.collect("register_locales", _is_locale_source, "a (domain, directory) pair"),
+        kernel.settings.default_locale,
+    )
+
+
 def plugin_routes(kernel: Keystage, only: str | None = None) -> dict[str, list[Blueprint]]:
     """The blueprints each plugin answers to ``register_routes``, by plugin name."""
     routes: dict[str, list[Blueprint]] = {}
@@ -160,7 +165,7 @@ def mount_plugins(app: Quart, kernel: Keystage, routes: dict[str, list[Blueprint
         to_mount = list(blueprints) if bundled else []
         if (blueprints and not bundled) or name in statics:
             parent = Blueprint(
-                _namespace(name), __name__, url_prefix=f"{PLUGIN_URL_PREFIX}/{name}",
+                plugin_namespace(name), __name__, url_prefix=f"{PLUGIN_URL_PREFIX}/{name}",
                 static_folder=str(statics[name][0]) if name in statics else None, static_url_path="/static",
             )
             for blueprint in [] if bundled else blueprints:
@@ -197,11 +202,11 @@ def _owner(name: str) -> str:
     return name if name == "the kernel" else f"plugin {name}"
 
 
-def _namespace(plugin_name: str) -> str:
+def plugin_namespace(plugin_name: str) -> str:
     return "plugin_" + re.sub(r"[^A-Za-z0-9_]", "_", plugin_name)
 
 
-def _template_folders(routes: dict[str, list[Blueprint]]) -> dict[str, list[str]]:
+def blueprint_template_folders(routes: dict[str, list[Blueprint]]) -> dict[str, list[str]]:
     return {
         name: [str(Path(bp.root_path) / bp.template_folder) for bp in blueprints if bp.template_folder]
         for name, blueprints in routes.items()

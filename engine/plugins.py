@@ -6,6 +6,8 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import re
+import warnings
 from collections.abc import Callable, Iterable
 from importlib import metadata
 from types import ModuleType
@@ -21,6 +23,17 @@ log = logging.getLogger("keystage.plugins")
 
 ENTRY_POINT_GROUP = "keystage"
 API_VERSION = "1.0"
+# A plugin's name is a URL segment (/-/plugins/<name>/) and a template prefix (<name>/...).
+PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Hook arguments on their way out: {hook: {argument: what to do instead}}. They keep working
+# until the next major API version; a plugin implementation naming one gets a
+# KeystageDeprecationWarning (once per plugin, hook and argument) that names the plugin.
+DEPRECATED_ARGUMENTS: dict[str, dict[str, str]] = {}
+
+
+class KeystageDeprecationWarning(DeprecationWarning):
+    """A plugin uses something of the hook API that a later major version removes."""
 
 # Every bundled plugin, in the order their hooks are called. tests/test_plugins.py checks
 # that this covers every package under stages/ and plugins/.
@@ -32,6 +45,7 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "keystage.plugins.policies.password_expiry",
     "keystage.plugins.policies.reputation",
     "keystage.plugins.policies.event_matcher",
+    "keystage.plugins.policies.static",
     "keystage.stages.identification",
     "keystage.stages.password",
     "keystage.stages.prompt",
@@ -81,6 +95,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._order: list[str] = []
+        self._deprecations_warned: set[tuple[str, str, str]] = set()
 
     # -- loading -------------------------------------------------------------------
 
@@ -150,10 +165,16 @@ class PluginManager:
             raise PluginError(f"plugin {name} {version}: KEYSTAGE_API {wanted!r} is not a version range") from None
         if API_VERSION not in spec:
             raise PluginError(
-                f"plugin {name} {version} supports keystage API {wanted}, this keystage offers {API_VERSION}"
+                f"plugin {name} {version} supports keystage API {wanted}, this keystage offers {API_VERSION}: "
+                f"install a version of {name} made for keystage API {API_VERSION}"
             )
 
     def _register(self, name: str, plugin: object, version: str, origin: str) -> None:
+        if origin != "bundled" and not PLUGIN_NAME.match(name):
+            raise PluginError(
+                f"plugin {name!r} {version}: a plugin name is 1-64 letters, digits, '.', '_' or '-' "
+                "(it becomes a URL segment and a template prefix)"
+            )
         try:
             self.pm.register(plugin, name=name)
         except ValueError as exc:
@@ -174,7 +195,10 @@ class PluginManager:
         for name, table in self.settings.plugin_config.items():
             if name not in self.infos or not self.infos[name].enabled:
                 raise PluginError(f"[plugin.{name}]: no enabled plugin of that name")
-        for name, problems in self.call_each("check_config", per_plugin={"config": self.settings.plugin_config}):
+        # Fail closed: a plugin whose config check crashes does not start with an unchecked config.
+        for name, problems in self.call_each(
+            "check_config", per_plugin={"config": self.settings.plugin_config}, raise_errors=True
+        ):
             if problems:
                 if not isinstance(problems, list):
                     problems = [f"check_config returned {type(problems).__name__}, not a list"]
@@ -200,20 +224,28 @@ class PluginManager:
         return sorted(impls, key=key)
 
     def call_each(
-        self, hook_name: str, *, per_plugin: dict[str, dict[str, Any]] | None = None, **kwargs: Any
+        self, hook_name: str, *, per_plugin: dict[str, dict[str, Any]] | None = None, raise_errors: bool = False,
+        **kwargs: Any,
     ) -> list[tuple[str, Any]]:
         """Call a synchronous hook on each plugin in plugin order; return ``[(plugin_name, answer)]``.
 
         A plugin whose implementation raises (or returns a coroutine from a sync hook) is
-        logged by name and left out of the answers: the other plugins still answer.
+        logged by name and left out of the answers: the other plugins still answer. With
+        ``raise_errors`` an exception is a ``PluginError`` naming the plugin instead.
         ``per_plugin`` maps an argument name to ``{plugin_name: value}`` (default ``{}``).
         """
         answers = []
         for impl in self._impls(hook_name):
-            args = self._arguments(impl, kwargs, per_plugin)
+            args = self._arguments(hook_name, impl, kwargs, per_plugin)
             try:
                 result = impl.function(**args)
-            except Exception:
+            except Exception as exc:
+                if raise_errors:
+                    info = self.infos.get(impl.plugin_name)
+                    raise PluginError(
+                        f"plugin {impl.plugin_name} {info.version if info else '?'}: {hook_name} failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
                 log.exception("plugin %s: hook %s raised; its answer is ignored", impl.plugin_name, hook_name)
                 continue
             if inspect.isawaitable(result):
@@ -228,7 +260,7 @@ class PluginManager:
         """Like ``call_each`` for hooks that may be async: coroutines are awaited one by one."""
         answers = []
         for impl in self._impls(hook_name):
-            args = self._arguments(impl, kwargs, None)
+            args = self._arguments(hook_name, impl, kwargs, None)
             try:
                 result = impl.function(**args)
                 if inspect.isawaitable(result):
@@ -245,17 +277,33 @@ class PluginManager:
             answers.append((impl.plugin_name, result))
         return answers
 
-    @staticmethod
     def _arguments(
-        impl: pluggy.HookImpl, kwargs: dict[str, Any], per_plugin: dict[str, dict[str, Any]] | None
+        self, hook_name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any],
+        per_plugin: dict[str, dict[str, Any]] | None,
     ) -> dict[str, Any]:
+        deprecated = DEPRECATED_ARGUMENTS.get(hook_name, {})
         args = {}
         for argname in impl.argnames:
+            if argname in deprecated:
+                self._warn_deprecated(impl.plugin_name, hook_name, argname, deprecated[argname])
             if per_plugin and argname in per_plugin:
                 args[argname] = dict(per_plugin[argname].get(impl.plugin_name, {}))
             else:
                 args[argname] = kwargs[argname]
         return args
+
+    def _warn_deprecated(self, plugin_name: str, hook_name: str, argname: str, instead: str) -> None:
+        key = (plugin_name, hook_name, argname)
+        if key in self._deprecations_warned:
+            return
+        self._deprecations_warned.add(key)
+        info = self.infos.get(plugin_name)
+        message = (
+            f"plugin {plugin_name} {info.version if info else '?'}: hook {hook_name}: argument {argname!r} is "
+            f"deprecated and goes away in keystage API {int(API_VERSION.split('.')[0]) + 1}.0; {instead}"
+        )
+        log.warning("%s", message)
+        warnings.warn(message, KeystageDeprecationWarning, stacklevel=2)
 
     def collect(
         self, hook_name: str, item_check: Callable[[Any], bool], what: str, **kwargs: Any

@@ -1,29 +1,49 @@
 """The keystage test kit, a pytest plugin (entry point ``pytest11``): real PostgreSQL, real Redis.
 
+Installed with keystage, so a plugin package's tests get these fixtures without any import.
+Everything a plugin test needs is importable from here; ``__all__`` lists it.
+
 Fixtures:
 
+* ``keystage_plugins`` (session) — names of installed plugins (entry points) to enable, like
+  ``KEYSTAGE_PLUGINS``; by default that variable's value. A plugin package overrides it in its
+  ``conftest.py`` to test itself: its migrations then run in the session's template database.
+* ``keystage_extra_plugins`` — ``[(name, plugin_object)]`` registered on the kernel of ``keystage``
+  and ``keystage_app`` besides the enabled ones (default none); override it in a test module.
 * ``keystage_server_url`` (session) — a PostgreSQL server: ``KEYSTAGE_TEST_DATABASE_URL`` when
   set, else an embedded server in a temporary directory for the session.
 * ``keystage_database_url`` — a fresh database for one test, cloned from a template that
-  was migrated once per session (kernel and bundled plugins), dropped afterwards.
+  was migrated once per session (kernel, bundled and enabled plugins), dropped afterwards.
 * ``keystage_settings`` — ``Settings`` for that database and a temporary data directory.
 * ``keystage`` — an opened ``Keystage`` runtime (pool, plugins, services).
 * ``keystage_app`` / ``keystage_client`` — the Quart app with its serving lifecycle run, and
   a test client with a cookie jar.
+* ``flow`` — a ``FlowDriver`` on ``keystage_client``: ``await flow.start(slug)``,
+  ``await flow.submit(**fields)``, ``flow.challenge``.
+* ``user_factory`` / ``group_factory`` — ``await user_factory(username=..., password=..., groups=[...])``
+  creates a user (a unique username when none is given); same for groups.
+* ``apply_blueprint`` — ``await apply_blueprint(yaml_text_or_path, ...)`` applies blueprints.
 * ``redis_url`` — ``KEYSTAGE_TEST_REDIS_URL`` or redis://127.0.0.1:6379/15 when reachable; the
   test is skipped otherwise, unless ``KEYSTAGE_TEST_REQUIRE_ALL=1`` (CI), where it fails.
+
+The factories and ``apply_blueprint`` work on the kernel the test uses: the app's when the test
+uses ``keystage_app`` (or ``keystage_client`` / ``flow``), else the ``keystage`` fixture's.
+
+Helpers: ``registered_plugin(kernel_or_app, plugin, name)`` (a context manager, ``with`` or
+``async with``), ``make_flow(kernel, slug, [(stage_type, config), ...])``, ``FlowDriver``,
+``apply_blueprint_to(kernel_or_app, *sources)``, ``base_settings``, ``skip_or_fail``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import itertools
 import os
 import secrets
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +54,19 @@ import pytest_asyncio
 
 from .config import Settings, load_settings
 from .runtime import Keystage
+from .users import Group, User
+
+__all__ = [
+    "FlowDriver",
+    "apply_blueprint_to",
+    "base_settings",
+    "kernel_of",
+    "make_flow",
+    "registered_plugin",
+    "require_all",
+    "skip_or_fail",
+    "with_database",
+]
 
 REQUIRE_ALL_ENV = "KEYSTAGE_TEST_REQUIRE_ALL"
 
@@ -57,13 +90,30 @@ def with_database(url: str, database: str) -> str:
 
 
 def base_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for tests: a given database, a private data directory, nothing from the environment."""
+    """Settings for tests: a given database, a private data directory, nothing from the environment.
+
+    ``plugins=("name", ...)`` enables installed plugins, as ``KEYSTAGE_PLUGINS`` would.
+    """
     # Default blueprints are left out so that each test states the flows it relies on
     # (`await keystage.engine.blueprints.apply_defaults(kernel)` brings them in).
     env = {"KEYSTAGE_DATABASE_URL": database_url, "KEYSTAGE_DATA_DIR": str(data_dir),
            "KEYSTAGE_APPLY_DEFAULT_BLUEPRINTS": "false"}
     settings = load_settings(env)
+    if "plugins" in overrides:
+        overrides["plugins"] = tuple(overrides["plugins"])
     return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+@pytest.fixture(scope="session")
+def keystage_plugins() -> list[str]:
+    """Installed plugins to enable in every test of the session (default: ``$KEYSTAGE_PLUGINS``)."""
+    return [name.strip() for name in os.environ.get("KEYSTAGE_PLUGINS", "").split(",") if name.strip()]
+
+
+@pytest.fixture
+def keystage_extra_plugins() -> list[tuple[str, object]]:
+    """Plugin objects to register on the test's kernel, as ``[(name, plugin)]``; override to add some."""
+    return []
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +134,9 @@ def keystage_server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def keystage_template_database(keystage_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def keystage_template_database(
+    keystage_server_url: str, tmp_path_factory: pytest.TempPathFactory, keystage_plugins: list[str]
+) -> str:
     """A database migrated once for the session; each test clones it (fast) instead of migrating."""
     name = f"keystage_tpl_{os.getpid()}_{secrets.token_hex(3)}"
 
@@ -94,7 +146,8 @@ def keystage_template_database(keystage_server_url: str, tmp_path_factory: pytes
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-        settings = base_settings(with_database(keystage_server_url, name), tmp_path_factory.mktemp("tpl"))
+        settings = base_settings(with_database(keystage_server_url, name), tmp_path_factory.mktemp("tpl"),
+                                 plugins=keystage_plugins)
         kernel = Keystage(settings)
         await kernel.open(migrate=True)
         await kernel.close()
@@ -122,13 +175,14 @@ def keystage_database_url(keystage_server_url: str, keystage_template_database: 
 
 
 @pytest.fixture
-def keystage_settings(keystage_database_url: str, tmp_path: Path) -> Settings:
-    return base_settings(keystage_database_url, tmp_path / "data")
+def keystage_settings(keystage_database_url: str, tmp_path: Path, keystage_plugins: list[str]) -> Settings:
+    return base_settings(keystage_database_url, tmp_path / "data", plugins=keystage_plugins)
 
 
 @pytest_asyncio.fixture
-async def keystage(keystage_settings: Settings) -> AsyncIterator[Keystage]:
-    kernel = Keystage(keystage_settings)
+async def keystage(keystage_settings: Settings, keystage_extra_plugins: list[tuple[str, object]]
+                   ) -> AsyncIterator[Keystage]:
+    kernel = Keystage(keystage_settings, extra_plugins=list(keystage_extra_plugins))
     await kernel.open()
     try:
         yield kernel
@@ -137,10 +191,11 @@ async def keystage(keystage_settings: Settings) -> AsyncIterator[Keystage]:
 
 
 @pytest_asyncio.fixture
-async def keystage_app(keystage_settings: Settings) -> AsyncIterator[Any]:
+async def keystage_app(keystage_settings: Settings, keystage_extra_plugins: list[tuple[str, object]]
+                       ) -> AsyncIterator[Any]:
     from .app import create_app
 
-    app = create_app(keystage_settings)
+    app = create_app(keystage_settings, keystage=Keystage(keystage_settings, extra_plugins=list(keystage_extra_plugins)))
     async with app.test_app():
         yield app
 
@@ -150,14 +205,181 @@ def keystage_client(keystage_app: Any) -> Any:
     return keystage_app.test_client()
 
 
-@contextlib.contextmanager
-def registered_plugin(keystage: Keystage, plugin: object, name: str = "test-plugin") -> Iterator[object]:
-    """Register ``plugin`` on a running kernel for the duration of a ``with`` block."""
-    keystage.plugins.register(name, plugin)
-    try:
-        yield plugin
-    finally:
-        keystage.plugins.unregister(name)
+def kernel_of(target: Any) -> Keystage:
+    """The ``Keystage`` of a kernel or of an app made by ``create_app``."""
+    if isinstance(target, Keystage):
+        return target
+    extensions = getattr(target, "extensions", None)
+    if isinstance(extensions, dict) and isinstance(extensions.get("keystage"), Keystage):
+        return extensions["keystage"]
+    raise TypeError(f"expected a Keystage or a keystage app, got {type(target).__name__}")
+
+
+class registered_plugin:  # noqa: N801  (used like a function: `with registered_plugin(...)`)
+    """Register ``plugin`` under ``name`` for the duration of a ``with`` (or ``async with``) block.
+
+    ``target`` is a kernel or an app. The kernel's stage and policy types are refreshed, so a
+    stage the plugin registers can be bound in a flow at once; with an app, its templates,
+    catalogs, routes and static files are mounted too (under ``/-/plugins/<name>/``). The
+    ``async with`` form also applies the plugin's migrations. All of it is undone on exit.
+    """
+
+    def __init__(self, target: Any, plugin: object, name: str = "test-plugin") -> None:
+        self.kernel = kernel_of(target)
+        self.app = None if isinstance(target, Keystage) else target
+        self.plugin = plugin
+        self.name = name
+
+    def __enter__(self) -> object:
+        self.kernel.plugins.register(self.name, self.plugin)
+        try:
+            self._refresh(mount=True)
+        except BaseException:
+            self.kernel.plugins.unregister(self.name)
+            self._refresh(mount=False)
+            raise
+        return self.plugin
+
+    def __exit__(self, *exc: object) -> None:
+        self.kernel.plugins.unregister(self.name)
+        self._refresh(mount=False)
+
+    async def __aenter__(self) -> object:
+        plugin = self.__enter__()
+        try:
+            await self.kernel.migrate()
+        except BaseException:
+            self.__exit__()
+            raise
+        return plugin
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+    def _refresh(self, *, mount: bool) -> None:
+        from .policy import PolicyType
+        from .registry import collect_types
+        from .stage import Stage
+
+        kernel = self.kernel
+        kernel.stage_types = collect_types(kernel.plugins, "register_stage_types", Stage, "stage")
+        kernel.policy_types = collect_types(kernel.plugins, "register_policy_types", PolicyType, "policy")
+        if self.app is None:
+            return
+        from . import app as app_module
+        from .templates import template_loader
+
+        routes = app_module.plugin_routes(kernel)
+        if mount:
+            app_module.mount_plugins(self.app, kernel, routes, names=[self.name])
+        else:
+            _unmount_routes(self.app, self.name)
+        # Jinja caches templates per loader object: a new loader starts with a clean cache.
+        self.app.jinja_env.loader = template_loader(kernel, app_module.blueprint_template_folders(routes))
+        self.app.extensions["keystage_catalogs"] = app_module.build_catalogs(kernel)
+
+
+def _unmount_routes(app: Any, name: str) -> None:
+    """Take a plugin's rules out of the app's URL map (werkzeug has no removal: rebuild the map)."""
+    owners: dict[str, str] = app.extensions.get("keystage_route_owners", {})
+    gone = {endpoint for endpoint, owner in owners.items() if owner == name}
+    if not gone:
+        return
+    old = app.url_map
+    new = app.url_map_class(host_matching=old.host_matching)
+    new.converters = old.converters
+    for rule in old.iter_rules():
+        if rule.endpoint in gone:
+            continue
+        new.add(type(rule)(
+            rule.rule, defaults=rule.defaults, subdomain=rule.subdomain, methods=rule.methods, endpoint=rule.endpoint,
+            strict_slashes=rule.strict_slashes, merge_slashes=rule.merge_slashes, host=rule.host,
+            websocket=rule.websocket, provide_automatic_options=getattr(rule, "provide_automatic_options", False),
+        ))
+    app.url_map = new
+    for endpoint in gone:
+        owners.pop(endpoint, None)
+        app.view_functions.pop(endpoint, None)
+    from .app import plugin_namespace
+
+    namespace = plugin_namespace(name)
+    for blueprint_name in [n for n in app.blueprints if n == namespace or n.startswith(namespace + ".")]:
+        del app.blueprints[blueprint_name]
+
+
+def _kernel_for(request: pytest.FixtureRequest) -> Keystage:
+    """The kernel of the test: its app's when it uses the app, else the ``keystage`` fixture's."""
+    if {"keystage_app", "keystage_client", "flow"} & set(request.fixturenames):
+        return kernel_of(request.getfixturevalue("keystage_app"))
+    return request.getfixturevalue("keystage")
+
+
+_unique = itertools.count(1)
+
+
+@pytest.fixture
+def user_factory(request: pytest.FixtureRequest) -> Callable[..., Awaitable[User]]:
+    """``await user_factory(username=None, *, password=None, email=None, groups=(), **fields)`` → ``User``.
+
+    ``groups`` are ``Group`` objects, ids or names (created when missing). Other fields go to
+    ``Users.create`` (``display_name``, ``is_superuser``, ``attributes``).
+    """
+    kernel = _kernel_for(request)
+
+    async def create(username: str | None = None, *, password: str | None = None, email: str | None = None,
+                     groups: tuple[Group | int | str, ...] | list[Group | int | str] = (), **fields: Any) -> User:
+        user = await kernel.users.create(username or f"user{next(_unique)}", password=password, email=email,
+                                         **fields)
+        for group in groups:
+            await kernel.users.add_member(await _group_id(kernel, group), user.id)
+        return user
+
+    return create
+
+
+@pytest.fixture
+def group_factory(request: pytest.FixtureRequest) -> Callable[..., Awaitable[Group]]:
+    """``await group_factory(name=None, *, parent=None, attributes=None, members=())`` → ``Group``."""
+    kernel = _kernel_for(request)
+
+    async def create(name: str | None = None, *, parent: Group | int | str | None = None,
+                     attributes: dict[str, Any] | None = None, members: tuple[User | int, ...] | list[User | int] = (),
+                     ) -> Group:
+        parent_id = await _group_id(kernel, parent) if parent is not None else None
+        group = await kernel.users.create_group(name or f"group{next(_unique)}", parent_id=parent_id,
+                                                attributes=attributes)
+        for member in members:
+            await kernel.users.add_member(group.id, member if isinstance(member, int) else member.id)
+        return group
+
+    return create
+
+
+async def _group_id(kernel: Keystage, group: Group | int | str) -> int:
+    if isinstance(group, Group):
+        return group.id
+    if isinstance(group, int):
+        return group
+    found = await kernel.pool.fetchval("SELECT id FROM groups WHERE lower(name) = lower($1)", group)
+    return int(found) if found is not None else (await kernel.users.create_group(group)).id
+
+
+async def apply_blueprint_to(target: Any, *sources: str | Path) -> Any:
+    """Apply blueprints (YAML text, or paths) to a kernel or app, in one transaction; returns the report."""
+    from . import blueprints
+
+    return await blueprints.apply(kernel_of(target), [blueprints.load(source) for source in sources])
+
+
+@pytest.fixture
+def apply_blueprint(request: pytest.FixtureRequest) -> Callable[..., Awaitable[Any]]:
+    """``await apply_blueprint(yaml_text_or_path, ...)`` on the test's kernel; returns the ``ApplyReport``."""
+    kernel = _kernel_for(request)
+
+    async def apply(*sources: str | Path) -> Any:
+        return await apply_blueprint_to(kernel, *sources)
+
+    return apply
 
 
 def _reachable(url: str) -> bool:
@@ -178,11 +400,16 @@ def redis_url() -> str:
 
 
 async def make_flow(
-    keystage: Keystage, slug: str, stages: list[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]],
+    keystage: Keystage | Any, slug: str, stages: list[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]],
     *, designation: str = "authentication", title: str = "", **flow_attrs: Any,
 ) -> int:
-    """Create a flow bound to new stages, in order: ``[(type, config[, binding attrs]), ...]``. Returns the flow id."""
+    """Create a flow bound to new stages, in order: ``[(type, config[, binding attrs]), ...]``. Returns the flow id.
+
+    ``keystage`` is a kernel or an app.
+    """
     import json
+
+    keystage = kernel_of(keystage)
 
     async with keystage.pool.acquire() as conn, conn.transaction():
         flow_id = await conn.fetchval(
@@ -226,7 +453,18 @@ class FlowDriver:
         self.challenge = await response.get_json()
         return self.challenge
 
+    @property
+    def component(self) -> str | None:
+        """The current challenge's component (a stage type, ``redirect``, ``access-denied``, ...)."""
+        return self.challenge.get("component")
+
+    @property
+    def errors(self) -> dict[str, list[dict[str, str]]]:
+        """The current challenge's ``response_errors``: ``{field: [{code, message}]}``."""
+        return self.challenge.get("response_errors") or {}
+
     async def submit(self, component: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Answer the current challenge (its component unless given) with ``fields``."""
         assert self.slug is not None, "call start() first"
         body = {"component": component or self.challenge.get("component"), **fields}
         response = await self.client.post(f"/api/v1/flows/{self.slug}/executor", json=body)
