@@ -147,6 +147,9 @@ class Executor:
         result = await planner.plan(self.keystage, flow, user=user, request=self.request,
                                     redirect=next_url, context=context)
         if isinstance(result, Denied):
+            if flow.denied_action == "continue":
+                # The admin chose to send denied users on silently (e.g. back to the app).
+                return Outcome({"component": "redirect", "to": next_url or "/"}, advanced=True)
             return self._denied(flow, result.result.messages)
         return result
 

@@ -66,7 +66,7 @@ async def flow_html(slug: str) -> Any:
         outcome = await executor.post(slug, response, next_url=_next_url())
     if outcome.component == "redirect":
         return redirect(outcome.challenge["to"], 302)
-    if request.method == "POST" and outcome.advanced:
+    if request.method == "POST" and outcome.advanced and _nothing_to_say(outcome):
         return redirect(_self_url(slug), 303)
     body, status = await _render(outcome, slug)
     return _vary(Response(body, status=status, content_type="text/html; charset=utf-8"))
@@ -90,6 +90,15 @@ async def flow_json(slug: str) -> Any:
         outcome = await executor.post(slug, response, next_url=_next_url())
     status = outcome.status if outcome.component in ("not-found",) else 200
     return _vary(jsonify(outcome.challenge)), status
+
+
+def _nothing_to_say(outcome: Outcome) -> bool:
+    """POST-redirect-GET only when the next page carries no one-off message, error or denial:
+    those are rendered in the POST's answer, since the following GET would rebuild the page
+    without them."""
+    challenge = outcome.challenge
+    return (outcome.component != "access-denied" and not challenge.get("messages")
+            and not challenge.get("response_errors"))
 
 
 def _vary(response: Response) -> Response:

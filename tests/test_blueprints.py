@@ -602,10 +602,13 @@ async def test_shipped_defaults_apply_with_the_bundled_stage_types(keystage: Key
         ("initial-setup", 20, "initial-setup-user-write", "user_write"),
         ("initial-setup", 100, "initial-setup-login", "user_login"),
     ]
-    binding = await keystage.pool.fetchrow(
+    bindings = await keystage.pool.fetch(
         """SELECT f.slug, p.name, p.type, pb."order" FROM policy_bindings pb JOIN flows f ON f.id = pb.flow_id
-           JOIN policies p ON p.id = pb.policy_id""")
-    assert tuple(binding) == ("initial-setup", "initial-setup-no-superuser", "superuser_absent", 0)
+           JOIN policies p ON p.id = pb.policy_id ORDER BY f.slug""")
+    assert [tuple(b) for b in bindings] == [
+        ("default-enrollment-flow", "default-enrollment-closed", "static", 0),
+        ("initial-setup", "initial-setup-no-superuser", "superuser_absent", 0),
+    ]
     write = await keystage.pool.fetchval("SELECT config FROM stages WHERE name = 'initial-setup-user-write'")
     assert json.loads(write)["superuser"] is True
 

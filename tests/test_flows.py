@@ -353,11 +353,32 @@ async def test_initial_setup_race_makes_one_superuser(keystage_app: Any) -> None
     assert await ks.pool.fetchval("SELECT count(*) FROM users WHERE is_superuser") == 1
 
 
-async def test_enrollment_duplicate_username_goes_back_to_the_prompt(keystage_app: Any) -> None:
+async def open_enrollment(ks: Any) -> None:
+    """What an admin does to offer sign-up: remove the shipped closing binding."""
+    from keystage.engine.blueprints import apply_defaults
+
+    await apply_defaults(ks)
+    await ks.pool.execute("DELETE FROM policy_bindings WHERE policy_id = "
+                          "(SELECT id FROM policies WHERE name = 'default-enrollment-closed')")
+
+
+async def test_enrollment_is_closed_on_a_fresh_install(keystage_app: Any) -> None:
     from keystage.engine.blueprints import apply_defaults
 
     ks = keystage_app.extensions["keystage"]
     await apply_defaults(ks)
+    driver = FlowDriver(keystage_app.test_client())
+    answer = await driver.start("default-enrollment-flow")
+    assert answer["component"] == "access-denied" and answer["message"] == "Sign-up is not open."
+    answer = await driver.submit("prompt", username="mallory", email="m@example.org", password="pw-123456",
+                                 password_repeat="pw-123456")
+    assert answer["component"] == "access-denied"
+    assert await ks.users.find("mallory") is None
+
+
+async def test_enrollment_duplicate_username_goes_back_to_the_prompt(keystage_app: Any) -> None:
+    ks = keystage_app.extensions["keystage"]
+    await open_enrollment(ks)
     await ks.users.create("taken", password="whatever long")
     driver = FlowDriver(keystage_app.test_client())
     await driver.start("default-enrollment-flow")
@@ -374,9 +395,7 @@ async def test_enrollment_duplicate_username_goes_back_to_the_prompt(keystage_ap
 
 
 async def test_prompt_validation_errors(keystage_app: Any) -> None:
-    from keystage.engine.blueprints import apply_defaults
-
-    await apply_defaults(keystage_app.extensions["keystage"])
+    await open_enrollment(keystage_app.extensions["keystage"])
     driver = FlowDriver(keystage_app.test_client())
     await driver.start("default-enrollment-flow")
     answer = await driver.submit(username="", email="not-an-email", password="one", password_repeat="two")
@@ -403,3 +422,30 @@ async def test_remember_me_makes_a_persistent_cookie(keystage_app: Any) -> None:
                                      json={"component": "user_login", **body})
         set_cookie = response.headers.get("Set-Cookie", "")
         assert ("Max-Age" in set_cookie or "Expires" in set_cookie) == persistent
+
+
+async def test_html_face_shows_messages_and_denials_after_a_post(app: Any) -> None:
+    ks = app.extensions["keystage"]
+    await make_flow(ks, "nope", [("identification", {}), ("deny", {"message": "Nope, not you."})])
+    client = app.test_client()
+    html = await (await client.get("/flows/nope/")).get_data(as_text=True)
+    response = await client.post("/flows/nope/", form={**form_fields(html), "uid_field": "alice"})
+    assert response.status_code == 403
+    assert "Nope, not you." in await response.get_data(as_text=True)
+    # Too many failures: the restart message is on the page the POST answers with.
+    html = await (await client.get("/flows/login/")).get_data(as_text=True)
+    await client.post("/flows/login/", form={**form_fields(html), "uid_field": "alice"})
+    for _ in range(3):
+        html = await (await client.get("/flows/login/")).get_data(as_text=True)
+        response = await client.post("/flows/login/", form={**form_fields(html), "password": "bad"})
+    assert response.status_code == 200
+    assert "Too many failed attempts. Please start again." in await response.get_data(as_text=True)
+
+
+async def test_denied_action_continue_redirects_silently(app: Any) -> None:
+    ks = app.extensions["keystage"]
+    flow_id = await make_flow(ks, "quiet", [("identification", {})], denied_action="continue")
+    group = await ks.users.create_group("nobody-in-here")
+    await ks.pool.execute("INSERT INTO policy_bindings (flow_id, group_id) VALUES ($1, $2)", flow_id, group.id)
+    answer = await FlowDriver(app.test_client()).start("quiet", next="/back")
+    assert answer == {"component": "redirect", "to": "/back"}
