@@ -8,6 +8,7 @@ missing from the store is read back from the table.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,22 @@ async def on_event(event: Event, keystage: Any) -> None:
     if event.action not in ("login_failed", "login"):
         return
     delta = -1 if event.action == "login_failed" else 1
-    if event.client_ip:
-        await adjust(keystage, "ip", event.client_ip, delta)
-    if event.username:
-        await adjust(keystage, "username", event.username, delta)
+    targets = [(kind, value) for kind, value in (("ip", event.client_ip), ("username", event.username)) if value]
+    if targets:
+        await adjust_many(keystage, targets, delta)
+
+
+async def adjust_many(keystage: Any, targets: list[tuple[str, str]], delta: int) -> None:
+    """``adjust`` for several scores: one statement, and the store writes side by side."""
+    rows = await keystage.pool.fetch(
+        """INSERT INTO reputation_scores (kind, identifier, score)
+           SELECT kind, identifier, GREATEST($4::int, LEAST($5::int, $3::int))
+           FROM unnest($1::text[], $2::text[]) AS t(kind, identifier)
+           ON CONFLICT (kind, identifier) DO UPDATE
+           SET score = GREATEST($4::int, LEAST($5::int, reputation_scores.score + $3::int)), updated_at = now()
+           RETURNING kind, identifier, score""",
+        [k for k, _ in targets], [v.casefold() for _, v in targets], delta, MIN_SCORE, MAX_SCORE,
+    )
+    await asyncio.gather(*[
+        keystage.kv.set(_key(r["kind"], r["identifier"]), str(r["score"]).encode(), ttl=SCORE_TTL) for r in rows
+    ])
