@@ -82,9 +82,11 @@ class LocaleStats:
 # -- where things are ----------------------------------------------------------------------
 
 
-def source_root() -> Path:
-    """The repository checkout keystage runs from; refuses an installed copy without sources."""
-    root = Path(__file__).resolve().parent.parent
+def source_root(package_dir: Path | None = None) -> Path:
+    """The repository checkout keystage runs from; refuses an installed copy without sources.
+
+    ``package_dir`` is where ``keystage.engine`` lives (this module's folder by default)."""
+    root = Path(package_dir or Path(__file__).resolve().parent).parent
     needed = [root / "babel.cfg", root / "locales", *(root / d for d in EXTRACT_DIRS)]
     absent = [p.name for p in needed if not p.exists()]
     if absent:
@@ -338,6 +340,13 @@ def _conversions(text: str) -> list[str]:
     return sorted(m.group(0) for m in CONVERSION.finditer(text) if m.group(0) != "%%")
 
 
+def _relative(path: Path, template_path: Path | None) -> str:
+    if template_path is not None:
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(template_path.parent))
+    return str(path)
+
+
 def _header_line(path: Path, name: str) -> int:
     for number, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), 1):
         if line.startswith(f'"{name}:'):
@@ -345,7 +354,33 @@ def _header_line(path: Path, name: str) -> int:
     return 1
 
 
-def _message_problems(path: Path, locale: str, catalog: Catalog, message: Message) -> Iterator[Problem]:
+def _plural_form_counts(path: Path) -> dict[int, int]:
+    """``{line of msgid: number of msgstr[i] lines}`` as written (Babel pads or cuts them on reading)."""
+    counts: dict[int, int] = {}
+    current = 0
+    for number, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), 1):
+        if line.startswith("msgid "):
+            current = number
+        elif line.startswith("msgstr[") and current:
+            counts[current] = counts.get(current, 0) + 1
+    return counts
+
+
+def _single_number_forms(catalog: Catalog) -> set[int]:
+    """Plural forms used for exactly one number (Arabic "one", "two"): they may spell it out."""
+    try:
+        plural = gettext.c2py(catalog.plural_expr)
+    except (ValueError, SyntaxError):
+        return set()
+    used: dict[int, int] = {}
+    for n in PLURAL_SAMPLE:
+        index = plural(n)
+        used[index] = used.get(index, 0) + 1
+    return {index for index, count in used.items() if count == 1}
+
+
+def _message_problems(path: Path, locale: str, catalog: Catalog, message: Message,
+                      written_forms: dict[int, int], single_forms: set[int]) -> Iterator[Problem]:
     msgid = _first_id(message)
 
     def problem(text: str) -> Problem:
@@ -355,8 +390,10 @@ def _message_problems(path: Path, locale: str, catalog: Catalog, message: Messag
         yield problem("is fuzzy: check the translation, then delete the `fuzzy` flag")
     ids = [message.id] if isinstance(message.id, str) else list(message.id)
     strings = [message.string] if isinstance(message.string, str) else list(message.string)
-    if len(ids) > 1 and len(strings) != catalog.num_plurals:
-        yield problem(f"has {len(strings)} plural forms, the catalog's Plural-Forms has {catalog.num_plurals}")
+    written = written_forms.get(message.lineno or 0, len(strings))
+    if len(ids) > 1 and written != catalog.num_plurals:
+        yield problem(f"has {written} plural forms, the catalog's Plural-Forms has {catalog.num_plurals}")
+        return
     if len(ids) == 1 and len(strings) > 1:
         yield problem("has plural forms but no msgid_plural")
     empty = [i for i, s in enumerate(strings) if not s]
@@ -367,14 +404,15 @@ def _message_problems(path: Path, locale: str, catalog: Catalog, message: Messag
     if not message.python_format and not expected:
         return
     names = {m.group(1) for m in CONVERSION.finditer(" ".join(ids)) if m.group(1)}
-    # A plural form may leave out the count itself ("one character" for n == 1), nothing else.
-    without_count = [c for c in expected if not c.startswith("%(num)")] if len(ids) > 1 else expected
+    # A form used for exactly one number may leave out the count ("one character"), nothing else.
+    without_count = [c for c in expected if not c.startswith("%(num)")]
     for index, string in enumerate(strings):
         if not string:
             continue
         label = f"form {index}: " if len(ids) > 1 else ""
         found = _conversions(string)
-        if found not in (expected, without_count):
+        allowed = (expected, without_count) if len(ids) > 1 and index in single_forms else (expected,)
+        if found not in allowed:
             yield problem(f"{label}placeholders {found} differ from the original's {expected}")
             continue
         try:
@@ -383,13 +421,44 @@ def _message_problems(path: Path, locale: str, catalog: Catalog, message: Messag
             yield problem(f"{label}cannot be formatted by Python ({exc}); write a literal % as %%")
 
 
+# One line of a .po file: a keyword with a C string, a continued string, a comment or nothing.
+_PO_STRING = r'"(?:[^"\\]|\\.)*"'
+_PO_LINE = re.compile(rf"(?:(?:msgctxt|msgid|msgid_plural|msgstr|msgstr\[\d+\])\s+{_PO_STRING}|{_PO_STRING}"
+                      rf"|#.*|)\s*")
+
+
+def syntax_errors(path: Path, locale: str) -> list[Problem]:
+    """Lines that are not .po syntax (Babel's reader silently accepts some, e.g. a missing quote)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [Problem(path, 0, locale, f"syntax error: not UTF-8 ({exc})")]
+    return [Problem(path, number, locale, f"syntax error: {line.strip()!r} is not a keyword with a quoted string")
+            for number, line in enumerate(text.splitlines(), 1) if not _PO_LINE.fullmatch(line)]
+
+
+def _too_many_forms(path: Path, locale: str) -> list[Problem]:
+    text = path.read_text("utf-8", errors="replace")
+    match = re.search(r"nplurals\s*=\s*(\d+)", text)
+    nplurals = int(match.group(1)) if match else 2
+    lines = text.splitlines()
+    return [Problem(path, line, locale, f"has {count} plural forms, the catalog's Plural-Forms has {nplurals}",
+                    lines[line - 1][len("msgid "):].strip().strip('"'))
+            for line, count in _plural_form_counts(path).items() if count > nplurals]
+
+
 def check_catalog(path: Path, locale: str, template: Catalog | None,
                   template_path: Path | None = None) -> list[Problem]:
     """Everything wrong with one shipped catalog (see ``check``)."""
     path = Path(path)
+    syntax = syntax_errors(path, locale)
+    if syntax:
+        return syntax
     try:
         catalog = _read(path, None)
     except PoFileError as exc:
+        if "more translations than num_plurals" in str(exc) and _too_many_forms(path, locale):
+            return _too_many_forms(path, locale)
         return [Problem(path, exc.lineno, locale, f"syntax error: {exc.args[0].rsplit(' on ', 1)[0]}: "
                                                   f"{exc.line.strip()!r}")]
     except (UnicodeDecodeError, ValueError) as exc:
@@ -404,8 +473,9 @@ def check_catalog(path: Path, locale: str, template: Catalog | None,
     for text in plural_rule_errors(locale, catalog.num_plurals, catalog.plural_expr):
         problems.append(Problem(path, _header_line(path, "Plural-Forms"), locale, text))
     messages = list(_entries(catalog))
+    written_forms, single_forms = _plural_form_counts(path), _single_number_forms(catalog)
     for message in messages:
-        problems.extend(_message_problems(path, locale, catalog, message))
+        problems.extend(_message_problems(path, locale, catalog, message, written_forms, single_forms))
     if template is not None:
         present = {_key(m) for m in messages}
         wanted = {_key(m) for m in _entries(template)}
@@ -413,7 +483,8 @@ def check_catalog(path: Path, locale: str, template: Catalog | None,
             if _key(message) not in present:
                 problems.append(Problem(
                     template_path or path, message.lineno or 0, locale,
-                    f"is missing from {path} (run `keystage i18n update`, then translate it)",
+                    f"is missing from {_relative(path, template_path)} (run `keystage i18n update`, "
+                    "then translate it)",
                     _first_id(message)))
         for message in messages:
             if _key(message) not in wanted:
@@ -483,5 +554,5 @@ def stats(domain_dir: Path, domain: str = DOMAIN, *, locales: Iterable[str] | No
 __all__ = [
     "I18nToolError", "LocaleStats", "Problem", "catalog_paths", "check", "check_catalog", "cldr_locale",
     "compile_catalogs", "expected_plural_forms", "extract", "guess_domain", "is_pseudo", "plural_rule_errors",
-    "pseudo_catalog", "pseudo_translate", "source_root", "stats", "update", "write_pseudo",
+    "pseudo_catalog", "pseudo_translate", "source_root", "stats", "syntax_errors", "update", "write_pseudo",
 ]
