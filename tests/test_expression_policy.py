@@ -170,11 +170,17 @@ async def test_nested_groups_and_membership_changes(ks: Keystage) -> None:
     parent = await ks.users.create_group("Engineering")
     child = await ks.users.create_group("backend", parent_id=parent.id)
     check = policy("return is_group_member(request.user, 'engineering')")
-    assert (await check.passes(request_for(ks, alice))).passing is False
+    assert (await check.passes(request_for(ks, await ks.users.get(alice.id)))).passing is False
     await ks.users.add_member(child.id, alice.id)
-    assert (await check.passes(request_for(ks, alice))).passing is True  # a member of a child group
-    listed = await policy("return sorted(request.user.groups) == ['Engineering', 'backend']").passes(request_for(ks, alice))
-    assert listed.passing is True
+    # Each request reads the user afresh: the very next one sees the membership (a child group's).
+    assert (await check.passes(request_for(ks, await ks.users.get(alice.id)))).passing is True
+    listed = policy("return sorted(request.user.groups) == ['Engineering', 'backend']")
+    assert (await listed.passes(request_for(ks, await ks.users.get(alice.id)))).passing is True
+    await ks.pool.execute("UPDATE groups SET name = 'Platform' WHERE id = $1", parent.id)
+    assert (await check.passes(request_for(ks, await ks.users.get(alice.id)))).passing is False
+    await ks.users.remove_member(child.id, alice.id)
+    assert (await policy("return request.user.groups == ()").passes(
+        request_for(ks, await ks.users.get(alice.id)))).passing is True
 
 
 async def test_deny_messages_reach_the_policy_result(ks: Keystage) -> None:

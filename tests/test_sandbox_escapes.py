@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from keystage.engine.sandbox import ExpressionError, Sandbox, check, guards
+from keystage.engine.sandbox import ExpressionError, Sandbox, check, guards, scope, views
 
 CONTEXT: dict[str, Any] = {
     "user": {"username": "alice", "email": "alice@example.com", "name": "Alice", "is_active": True,
@@ -245,10 +245,10 @@ async def test_secrets_do_not_reach_the_worker(pool: Sandbox) -> None:
 
 @pytest.mark.parametrize(("obj", "name"), [
     ("abc", "format"), ("abc", "format_map"), ("abc", "__class__"), (str, "maketrans"), (1, "__class__"),
-    (guards.log, "__globals__"), (guards.log, "__code__"), ("a".upper, "__self__"), ((x for x in []), "gi_frame"),
+    (scope.log, "__globals__"), (scope.log, "__code__"), ("a".upper, "__self__"), ((x for x in []), "gi_frame"),
     (Exception("x"), "__traceback__"), (Exception("x"), "args"), (MappingProxyType({}), "mapping"),
     ({}.keys(), "mapping"), (dt.datetime.now(), "now"), (ipaddress.ip_network("10.0.0.0/8"), "hosts"),
-    (guards.UserView({"username": "a", "groups": []}), "_folded"), (guards.PluginHelper("h", print), "func"),
+    (views.UserView({"username": "a", "groups": []}), "_folded"), (scope.PluginHelper("h", print), "func"),
     (guards.g_getattr, "__wrapped__"), (type, "mro"), (guards, "LIMITS"),
 ])
 def test_attribute_allow_list(obj: Any, name: str) -> None:
@@ -260,10 +260,10 @@ def test_write_and_item_guards() -> None:
     with pytest.raises(TypeError):
         guards.g_write(MappingProxyType({}))
     with pytest.raises(TypeError):
-        guards.g_write(guards.log)
+        guards.g_write(scope.log)
     with pytest.raises(TypeError):
-        guards.g_getitem(guards.UserView({"username": "a"}), "username")
+        guards.g_getitem(views.UserView({"username": "a"}), "username")
     assert guards.g_write([]) == [] and guards.g_getitem({"a": 1}, "a") == 1
-    view = guards.UserView({"username": "a", "groups": ["g"]})
+    view = views.UserView({"username": "a", "groups": ["g"]})
     with pytest.raises(AttributeError):
         view.username = "b"  # type: ignore[misc]

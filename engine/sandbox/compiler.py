@@ -32,7 +32,7 @@ from RestrictedPython import RestrictingNodeTransformer, compile_restricted_func
 from RestrictedPython.transformer import copy_locations
 
 from .errors import ExpressionError
-from .guards import CORE_HELPERS, SAFE_BUILTINS
+from .scope import CORE_HELPERS, SAFE_BUILTINS
 
 MAX_SOURCE = 64 * 1024
 MAX_NODES = 20_000

@@ -4,7 +4,8 @@ Only plain data crosses to the workers: never the runtime, the pool, a ``User`` 
 (its password hash stays here) or the settings. What an expression does not read is
 not sent (``Compiled.request_attrs``): a policy that only checks group membership never
 pays for the headers or the plan context. The user's group names (nested groups
-included) are fetched once per policy request, however many expressions it runs.
+included) are fetched once per user version (see ``GroupNames``), however many
+expressions and requests read them.
 
 ``user_by(...)`` in an expression cannot reach the database from the worker. The host
 fetches every ``user_by(username="literal")`` / ``user_by(email="literal")`` before the
@@ -66,8 +67,38 @@ def _cache(request: PolicyRequest) -> dict[str, Any]:
     return cache
 
 
-async def group_names(keystage: Keystage, user_id: int) -> list[str]:
-    return [r["name"] for r in await keystage.pool.fetch(GROUP_NAMES, user_id)]
+class GroupNames:
+    """The user's group names by (user id, user version), per process.
+
+    Exact, not merely fresh: the user's version moves with every change to their
+    memberships and to any group above them, renames included (engine/sql/0005_versions.sql),
+    and the version is the one read with the user for this request. A user object
+    without a version (0) is never cached.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self.entries: dict[tuple[int, int], list[str]] = {}
+
+    async def get(self, keystage: Keystage, user: Any) -> list[str]:
+        version = getattr(user, "version", 0) or 0
+        key = (user.id, version)
+        found = self.entries.get(key) if version else None
+        if found is None:
+            found = [r["name"] for r in await keystage.pool.fetch(GROUP_NAMES, user.id)]
+            if version:
+                if len(self.entries) >= self.size:
+                    for old in list(self.entries)[: self.size // 10]:
+                        del self.entries[old]
+                self.entries[key] = found
+        return found
+
+
+async def group_names(keystage: Keystage, user: Any) -> list[str]:
+    cache = keystage.state.get("sandbox_group_names")
+    if cache is None:
+        cache = keystage.state["sandbox_group_names"] = GroupNames()
+    return list(await cache.get(keystage, user))
 
 
 async def policy_context(request: PolicyRequest, compiled: Compiled,
@@ -82,7 +113,7 @@ async def policy_context(request: PolicyRequest, compiled: Compiled,
         if everything or compiled.uses_groups:
             groups = cache.get("groups")
             if groups is None:
-                groups = cache["groups"] = await group_names(request.keystage, request.user.id)
+                groups = cache["groups"] = await group_names(request.keystage, request.user)
         data["user"] = user_data(request.user, groups)
     info = request.request
     if info is not None:

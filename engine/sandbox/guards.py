@@ -1,14 +1,17 @@
-"""What an expression may touch, inside a sandbox worker: guards, read-only views, helpers.
+"""What an expression may touch, inside a sandbox worker: the guards RestrictedPython calls.
 
-This module runs in the worker processes only and imports nothing but the standard
-library, so that a worker starts in ~40 ms with ~16 MiB of address space (the kernel's
-own imports would cost 140 ms and 35 MiB of the 256 MiB cap).
+This module and its siblings views.py and scope.py run in the worker processes and
+import nothing but the standard library, so that a worker starts in ~40 ms with ~16 MiB
+of address space (the kernel's own imports would cost 140 ms and 35 MiB of the 256 MiB
+cap). The host imports them too, for the names they define.
 
 Every object an expression can reach is one of the types in ``ATTRIBUTES`` (its
 attributes are looked up in an allow-list, by exact type), a function the sandbox hands
 in (no attribute is allowed on functions), or an exception (no attribute either). The
 compile step already refuses every name and attribute starting with ``_``; the
 allow-list is the second wall, and the reason ``str.format`` and friends are unreachable.
+Operators and builtins that can build huge values (``*``, ``**``, ``<<``, ``%``, ``+``,
+padding, joins, f-string widths, ``range``, ``round``) check the size first.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import datetime as dt
 import ipaddress
 import re
 import sys
-from types import FunctionType, MappingProxyType
+from types import MappingProxyType
 from typing import Any
 
-# Limits are overwritten by the host's values when the worker starts (see limits.py).
+from .views import ApplicationView, FlowView, RequestView, UserView
+
+# Limits are overwritten by the host's values when the worker starts (pool.py sends them).
 LIMITS: dict[str, int] = {
     "max_int_bits": 65_536,
     "max_str": 1_000_000,
@@ -77,113 +82,6 @@ def limit(message: str) -> ResourceLimitExceeded:
         CURRENT[0].resource = message
         CURRENT[0].resource_line = expression_line()
     return ResourceLimitExceeded(message)
-
-
-# -- read-only views ------------------------------------------------------------------
-
-
-class View:
-    __slots__ = ()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("read-only")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError("read-only")
-
-
-class UserView(View):
-    """A user as expressions see it: plain data, no id, no password hash, no way back to the database."""
-
-    __slots__ = ("username", "email", "name", "is_active", "is_superuser", "attributes", "groups", "_folded")
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        put = object.__setattr__
-        put(self, "username", str(data.get("username") or ""))
-        put(self, "email", data.get("email"))
-        put(self, "name", str(data.get("name") or ""))
-        put(self, "is_active", bool(data.get("is_active", True)))
-        put(self, "is_superuser", bool(data.get("is_superuser", False)))
-        put(self, "attributes", freeze(data.get("attributes") or {}))
-        groups = data.get("groups")
-        put(self, "groups", tuple(sorted(str(g) for g in groups)) if groups is not None else None)
-        put(self, "_folded", frozenset(g.lower() for g in self.groups) if self.groups is not None else None)
-
-    def __repr__(self) -> str:
-        return f"<user {self.username}>"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is UserView and other.username.lower() == self.username.lower()
-
-    def __hash__(self) -> int:
-        return hash(("user", self.username.lower()))
-
-
-class FlowView(View):
-    __slots__ = ("slug", "designation")
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        object.__setattr__(self, "slug", str(data.get("slug") or ""))
-        object.__setattr__(self, "designation", str(data.get("designation") or ""))
-
-    def __repr__(self) -> str:
-        return f"<flow {self.slug}>"
-
-
-class ApplicationView(View):
-    __slots__ = ("slug", "name", "attributes")
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        object.__setattr__(self, "slug", str(data.get("slug") or ""))
-        object.__setattr__(self, "name", str(data.get("name") or ""))
-        object.__setattr__(self, "attributes", freeze(data.get("attributes") or {}))
-
-    def __repr__(self) -> str:
-        return f"<application {self.slug}>"
-
-
-class RequestView(View):
-    __slots__ = ("user", "ip", "user_agent", "headers", "flow", "context", "application")
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        put = object.__setattr__
-        user = data.get("user")
-        put(self, "user", UserView(user) if user is not None else None)
-        ip = data.get("ip")
-        put(self, "ip", ipaddress.ip_address(ip) if ip else None)
-        put(self, "user_agent", str(data.get("user_agent") or ""))
-        put(self, "headers", freeze({str(k).lower(): str(v) for k, v in (data.get("headers") or {}).items()}))
-        flow = data.get("flow")
-        put(self, "flow", FlowView(flow) if flow is not None else None)
-        put(self, "context", freeze(data.get("context") or {}))
-        application = data.get("application")
-        put(self, "application", ApplicationView(application) if application is not None else None)
-
-    def __repr__(self) -> str:
-        return "<request>"
-
-
-PLAIN = (str, int, float, bool, type(None), bytes, dt.datetime, dt.date, dt.time, dt.timedelta,
-         ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network)
-
-
-def freeze(value: Any, depth: int = 0) -> Any:
-    """Plain data → immutable plain data (dicts become mapping proxies, lists tuples)."""
-    kind = type(value)
-    if kind in PLAIN or kind in VIEW_TYPES or kind is MappingProxyType or kind is frozenset:
-        return value
-    if depth > 32:
-        raise ValueError("data nested too deeply")
-    if kind is dict:
-        return MappingProxyType({k: freeze(v, depth + 1) for k, v in value.items()})
-    if kind is list or kind is tuple:
-        return tuple(freeze(v, depth + 1) for v in value)
-    if kind is set:
-        return frozenset(value)
-    raise TypeError(f"{kind.__name__} values cannot be handed to expressions")
-
-
-VIEW_TYPES = frozenset({UserView, FlowView, ApplicationView, RequestView})
 
 
 # -- size checks ----------------------------------------------------------------------
@@ -529,201 +427,3 @@ def g_unpack_sequence(it: Any, spec: dict[str, Any], getiter: Any) -> list[Any]:
 def g_iter_unpack_sequence(it: Any, spec: dict[str, Any], getiter: Any) -> Any:
     for item in getiter(it):
         yield _unpack(item, spec, getiter)
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-_NETWORKS: dict[str, Any] = {}
-
-
-def _short_text(value: Any, what: str, cap: int = 100) -> str:
-    if type(value) is not str:
-        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
-    if len(value) > cap:
-        raise ValueError(f"{what} is longer than {cap} characters")
-    return value
-
-
-def ip_network(cidr: Any) -> Any:
-    """``ip_network("10.0.0.0/8")``: an IPv4Network or IPv6Network (host bits allowed)."""
-    if type(cidr) in (ipaddress.IPv4Network, ipaddress.IPv6Network):
-        return cidr
-    text = _short_text(cidr, "ip_network(cidr)")
-    network = _NETWORKS.get(text)
-    if network is None:
-        network = ipaddress.ip_network(text, strict=False)
-        if len(_NETWORKS) > 1024:
-            _NETWORKS.clear()
-        _NETWORKS[text] = network
-    return network
-
-
-def ip_address(value: Any) -> Any:
-    """``ip_address("192.0.2.1")``: an IPv4Address or IPv6Address."""
-    if type(value) in (ipaddress.IPv4Address, ipaddress.IPv6Address):
-        return value
-    if type(value) is int:
-        return ipaddress.ip_address(value)
-    return ipaddress.ip_address(_short_text(value, "ip_address(value)"))
-
-
-def regex_match(value: Any, pattern: Any, *, ignore_case: bool = False) -> bool:
-    """Whether ``pattern`` matches anywhere in ``value`` (``re.search``).
-
-    Catastrophic patterns are stopped by the evaluation's wall-clock timeout, which
-    kills the worker process: ``re`` cannot be interrupted otherwise.
-    """
-    if value is None:
-        return False
-    if type(value) is not str:
-        value = str(value)
-    if type(pattern) is not str:
-        raise TypeError("regex_match(value, pattern): pattern must be a string")
-    if len(pattern) > LIMITS["max_regex_pattern"]:
-        raise limit(f"a pattern longer than {LIMITS['max_regex_pattern']} characters is not allowed")
-    if len(value) > LIMITS["max_regex_subject"]:
-        raise limit(f"regex_match on more than {LIMITS['max_regex_subject']} characters is not allowed")
-    return re.search(pattern, value, re.IGNORECASE if ignore_case else 0) is not None
-
-
-def is_group_member(user: Any, name: Any) -> bool:
-    """Whether ``user`` belongs to the group ``name`` (case-insensitive), directly or through a parent group."""
-    if user is None:
-        return False
-    if type(user) is not UserView:
-        raise TypeError("is_group_member(user, name): user must be request.user or a user from user_by()")
-    if user._folded is None:
-        raise RuntimeError("the user's groups were not loaded for this expression")
-    return str(name).lower() in user._folded
-
-
-def now() -> dt.datetime:
-    """The current time, timezone-aware (UTC)."""
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _clip(text: str) -> str:
-    cap = LIMITS["max_line"]
-    return text if len(text) <= cap else text[:cap] + "…"
-
-
-def _take_output(state: State, text: str) -> bool:
-    state.output += len(text)
-    return state.output <= LIMITS["max_output"]
-
-
-def log(*values: Any) -> None:
-    """Add a line to the evaluation's log (shown to admins by ``keystage policy test`` and in events)."""
-    state = CURRENT[0]
-    if len(state.log_lines) >= LIMITS["max_log_lines"]:
-        if state.log_lines[-1] != "… (log truncated)":
-            state.log_lines.append("… (log truncated)")
-        return
-    line = _clip(" ".join(str(v) for v in values))
-    if _take_output(state, line):
-        state.log_lines.append(line)
-
-
-def message(text: Any) -> None:
-    """A message shown to the user when the policy denies."""
-    state = CURRENT[0]
-    line = _clip(str(text))
-    if len(state.messages) < LIMITS["max_messages"] and _take_output(state, line):
-        state.messages.append(line)
-
-
-def user_by(*, username: Any = None, email: Any = None) -> Any:
-    """A read-only view of another user, by username or email (case-insensitive); None when there is none."""
-    if (username is None) == (email is None):
-        raise TypeError("user_by() takes exactly one of username=... or email=...")
-    field, value = ("username", username) if username is not None else ("email", email)
-    key = f"{field}:{_short_text(value, field, 254).lower()}"
-    state = CURRENT[0]
-    if key in state.users:
-        found = state.users[key]
-        return UserView(found) if found is not None else None
-    if len(state.users) + len(state.need) >= LIMITS["max_user_lookups"]:
-        raise limit(f"more than {LIMITS['max_user_lookups']} user_by() lookups in one evaluation")
-    state.need.append((field, value.lower()))
-    raise NeedUsers(key)
-
-
-class Printer:
-    """``print(...)`` in an expression writes to the log; ``printed`` reads it back."""
-
-    __slots__ = ()
-
-    def _call_print(self, *values: Any, sep: Any = " ", end: Any = "\n", file: Any = None, flush: bool = False) -> None:
-        if file is not None:
-            raise TypeError("print(file=...) is not available in expressions")
-        log(str(sep).join(str(v) for v in values))
-
-    def __call__(self) -> str:
-        return "\n".join(CURRENT[0].log_lines)
-
-
-PRINTER = Printer()
-
-
-def print_factory(_getattr: Any = None) -> Printer:
-    return PRINTER
-
-
-class PluginHelper:
-    """A plugin's helper: called with the expression's arguments, its answer frozen to plain data."""
-
-    __slots__ = ("name", "func")
-
-    def __init__(self, name: str, func: Any) -> None:
-        self.name = name
-        self.func = func
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = self.func(*args, **kwargs)
-        try:
-            return freeze(result)
-        except TypeError:
-            raise TypeError(f"helper {self.name} returned {type(result).__name__}, which expressions cannot use") from None
-
-    def __repr__(self) -> str:
-        return f"<helper {self.name}>"
-
-
-SAFE_BUILTINS: dict[str, Any] = {
-    "None": None, "True": True, "False": False,
-    "abs": abs, "all": all, "any": any, "ascii": ascii, "bin": bin, "bool": bool, "callable": callable,
-    "chr": chr, "dict": dict, "divmod": divmod, "enumerate": enumerate, "filter": filter, "float": float,
-    "frozenset": frozenset, "hex": hex, "int": int, "isinstance": isinstance, "len": len, "list": list,
-    "map": map, "max": max, "min": min, "oct": oct, "ord": ord, "pow": g_pow, "range": g_range, "repr": repr,
-    "reversed": reversed, "round": g_round, "set": set, "slice": slice, "sorted": sorted, "str": str,
-    "sum": sum, "tuple": tuple, "zip": zip,
-    "ArithmeticError": ArithmeticError, "AssertionError": AssertionError, "AttributeError": AttributeError,
-    "Exception": Exception, "IndexError": IndexError, "KeyError": KeyError, "LookupError": LookupError,
-    "NameError": NameError, "OverflowError": OverflowError, "RuntimeError": RuntimeError,
-    "TypeError": TypeError, "ValueError": ValueError, "ZeroDivisionError": ZeroDivisionError,
-}
-
-CORE_HELPERS: dict[str, Any] = {
-    "ip_network": ip_network, "ip_address": ip_address, "regex_match": regex_match,
-    "is_group_member": is_group_member, "now": now, "log": log, "message": message, "user_by": user_by,
-    "timedelta": dt.timedelta,
-}
-
-
-def base_globals(extra_helpers: dict[str, Any]) -> dict[str, Any]:
-    """The globals every evaluation starts from (copied per evaluation)."""
-    return {
-        "__builtins__": SAFE_BUILTINS,
-        "__name__": "expression",
-        "_getattr_": g_getattr, "_getitem_": g_getitem, "_getiter_": g_getiter, "_write_": g_write,
-        "_apply_": g_apply, "_inplacevar_": g_inplacevar, "_print_": print_factory,
-        "_unpack_sequence_": g_unpack_sequence, "_iter_unpack_sequence_": g_iter_unpack_sequence,
-        "_sb_add_": g_add, "_sb_mul_": g_mul, "_sb_pow_": g_pow, "_sb_lshift_": g_lshift, "_sb_mod_": g_mod,
-        "_sb_format_": g_format,
-        **CORE_HELPERS,
-        **extra_helpers,
-    }
-
-
-def function_type() -> type:
-    return FunctionType

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PluginError
-from .guards import CORE_HELPERS, SAFE_BUILTINS
+from .scope import CORE_HELPERS, SAFE_BUILTINS
 
 if TYPE_CHECKING:
     from ..plugins import PluginManager

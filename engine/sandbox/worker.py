@@ -33,17 +33,16 @@ from types import FunctionType, MappingProxyType
 from typing import Any
 
 if __package__:
-    from . import guards
-else:  # started as a script: load the sibling module by path, under a private name
-    import importlib.util
+    from . import guards, scope, views
+else:
+    # Started as a script: make this directory a package of its own, without running the
+    # host-side __init__.py (which would import the whole kernel), and import from it.
+    import types as _types
 
-    _spec = importlib.util.spec_from_file_location(
-        "keystage_sandbox_guards", os.path.join(os.path.dirname(os.path.abspath(__file__)), "guards.py")
-    )
-    assert _spec is not None and _spec.loader is not None
-    guards = importlib.util.module_from_spec(_spec)
-    sys.modules["keystage_sandbox_guards"] = guards
-    _spec.loader.exec_module(guards)
+    _package = _types.ModuleType("keystage_sandbox_worker")
+    _package.__path__ = [os.path.dirname(os.path.abspath(__file__))]
+    sys.modules["keystage_sandbox_worker"] = _package
+    from keystage_sandbox_worker import guards, scope, views  # type: ignore[import-not-found,no-redef]
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
@@ -83,7 +82,7 @@ class Worker:
         self.memory = int(init.get("memory", 256 * 1024 * 1024))
         self.grace = float(init.get("grace", 0.1))
         self.helpers = self.load_helpers(init.get("helpers", ()))
-        self.base = guards.base_globals(self.helpers)
+        self.base = scope.base_globals(self.helpers)
         self.codes: dict[str, Any] = {}
         self.extra: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
 
@@ -94,13 +93,13 @@ class Worker:
         helpers: dict[str, Any] = {}
         for name, ref, value in specs:
             if ref is None:
-                helpers[name] = guards.freeze(value)
+                helpers[name] = views.freeze(value)
                 continue
             module_name, _, qualname = ref.partition(":")
             obj: Any = importlib.import_module(module_name)
             for part in qualname.split("."):
                 obj = getattr(obj, part)
-            helpers[name] = guards.PluginHelper(name, obj)
+            helpers[name] = scope.PluginHelper(name, obj)
         return helpers
 
     def limit_self(self) -> None:
@@ -160,16 +159,16 @@ class Worker:
             self.add_code(key, data)
         base = self.helpers_for(tuple(job.get("helpers", ()))) or self.base
         contexts = job["contexts"]
-        views: list[Any] = [None] * len(contexts)
+        views_: list[Any] = [None] * len(contexts)
         timeout = float(job["timeout"])
         alarm = timeout + self.grace if len(job["items"]) == 1 else timeout
         self.cpu_budget(timeout * len(job["items"]))
         results = []
         for key, ctx_index, kind in job["items"]:
-            view = views[ctx_index]
+            view = views_[ctx_index]
             if view is None:
                 try:
-                    view = views[ctx_index] = guards.RequestView(contexts[ctx_index])
+                    view = views_[ctx_index] = views.RequestView(contexts[ctx_index])
                 except Exception as exc:  # bad data from the host: report, keep going
                     results.append(["e", "runtime", None, f"context: {type(exc).__name__}: {exc}"[:500], [], [], 0.0])
                     continue
