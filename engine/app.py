@@ -132,10 +132,8 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
 
 def build_catalogs(kernel: Keystage) -> i18n.Catalogs:
     """The kernel's catalogs with every plugin's (``register_locales``) under them."""
-    return i18n.Catalogs(
-        kernel.plugins.collect("register_locales", _is_locale_source, "a (domain, directory) pair"),
-        kernel.settings.default_locale,
-    )
+    sources = kernel.plugins.collect("register_locales", _is_locale_source, "a (domain, directory) pair")
+    return i18n.Catalogs([source for _plugin, source in sources], kernel.settings.default_locale)
 
 
 def plugin_routes(kernel: Keystage, only: str | None = None) -> dict[str, list[Blueprint]]:
