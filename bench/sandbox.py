@@ -192,8 +192,8 @@ async def bindings(ks: Any, pool: Any, data: dict[str, Any], repeats: int) -> di
     from keystage.engine.sandbox import compile_expression
     from keystage.engine.sandbox.context import policy_context
 
-    sources = [f"return is_group_member(request.user, 'team-{i}') or request.user.attributes.get('level', 0) >= {i % 10}"
-               for i in range(1000)]
+    sources = [f"return is_group_member(request.user, 'team-{i}') or "
+               f"request.user.attributes.get('level', 0) >= {i % 10}" for i in range(1000)]
     samples = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -243,7 +243,8 @@ async def run(args: argparse.Namespace, db: Database) -> dict[str, Any]:
                 one["load_other_cores"] = max(0.0, (machine_busy() - busy) - (own_cpu(pool) - mine)) / (
                     time.perf_counter() - started)
                 rounds.append(one)
-                print(f"round {number + 1}/{args.rounds}: single ip_attr p50 {one['single']['ip_attr']['p50_us']:.0f} µs, "
+                print(f"round {number + 1}/{args.rounds}: single ip_attr p50 "
+                      f"{one['single']['ip_attr']['p50_us']:.0f} µs, "
                       f"batch {one['batch']['per_s']:.0f}/s, 1,000 bindings {one['bindings']['p50_ms']:.1f} ms",
                       file=sys.stderr)
             stats = dict(pool.stats)

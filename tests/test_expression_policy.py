@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,12 +24,14 @@ import pytest_asyncio
 from keystage.engine import events
 from keystage.engine.blueprints import BlueprintError, apply, load
 from keystage.engine.config import Settings
+from keystage.engine.errors import PluginError
+from keystage.engine.hookspecs import hookimpl
 from keystage.engine.policy import PolicyRequest
 from keystage.engine.request_info import RequestInfo
 from keystage.engine.runtime import Keystage
-from keystage.engine.sandbox import ExpressionError, Sandbox, get_sandbox
+from keystage.engine.sandbox import ExpressionError, Sandbox, collect_helpers, get_sandbox
 from keystage.engine.sandbox.context import policy_context
-from keystage.engine.testing import FlowDriver, make_flow
+from keystage.engine.testing import FlowDriver, make_flow, registered_plugin
 from keystage.plugins.policies.expression import ExpressionPolicy
 
 KEYSTAGE = Path(sys.executable).with_name("keystage")
@@ -60,6 +63,8 @@ BENIGN: list[tuple[str, str, Any]] = [
     ("attribute", "return request.user.attributes.get('department') == 'engineering'", True),
     ("attribute-number", "return request.user.attributes.get('clearance', 0) >= 3", True),
     ("attribute-list", "return 'fr' in request.user.attributes.get('countries', [])", True),
+    ("list-equality", "return request.user.attributes['countries'] == ['de', 'fr'] and "
+                      "request.user.groups + ['x'] == ['engineering', 'staff', 'x']", True),
     ("superuser-or-staff", "if request.user.is_superuser:\n    return True\n"
                            "return is_group_member(request.user, 'staff') and request.user.is_active", True),
     ("user-agent", "return regex_match(request.user_agent, 'Firefox/(1[0-9]{2})')", True),
@@ -70,7 +75,8 @@ BENIGN: list[tuple[str, str, Any]] = [
     ("application", "return request.application is not None and request.application.slug == 'wiki'", True),
     ("time", "t = now()\nreturn t.year >= 2024 and (t - timedelta(days=1)) < t", True),
     ("loop-and-function", "def initials(name):\n    return ''.join(p[0] for p in name.split())\n"
-                          "total = 0\nfor i in range(10):\n    total += i\nreturn initials(request.user.name) == 'AL' and total == 45", True),
+                          "total = 0\nfor i in range(10):\n    total += i\n"
+                          "return initials(request.user.name) == 'AL' and total == 45", True),
     ("fstring", "label = f\"{request.user.username:>8}|{3.14159:.2f}|{request.ip!s}\"\n"
                 "return label == '   alice|3.14|10.20.30.40'", True),
     ("percent-format", "return '%s:%05d' % (request.user.username, 42) == 'alice:00042'", True),
@@ -226,6 +232,52 @@ async def test_cacheable_only_when_pure(ks: Keystage) -> None:
     assert policy("return request.ip is None").cache_key(request) == ("10.1.2.3",)
 
 
+class HelperPlugin:
+    def __init__(self, helpers: dict[str, Any]) -> None:
+        self.helpers = helpers
+
+    @hookimpl
+    def register_expression_helpers(self) -> dict[str, Any]:
+        return self.helpers
+
+
+async def test_plugin_helpers_reach_the_workers(ks: Keystage) -> None:
+    helpers = {"shorten": textwrap.shorten, "b64": "base64:b64encode", "allowed_domains": ["corp.example"],
+               "counter": "itertools:count"}
+    with registered_plugin(ks, HelperPlugin(helpers), "helpers-plugin"):
+        pool = get_sandbox(ks)
+        assert {"shorten", "b64", "allowed_domains", "counter"} <= pool.helper_names
+        frank = await ks.users.create("frank", email="frank@corp.example", display_name="Franklin Delano")
+        source = ("domain = request.user.email.split('@')[1]\n"
+                  "return domain in allowed_domains and shorten(request.user.name, width=10, placeholder='~') "
+                  "== 'Franklin~' and b64(b'x') == b'eA=='")
+        assert (await policy(source).passes(request_for(ks, frank))).passing is True
+        with pytest.raises(ExpressionError) as info:
+            await policy("return counter() is not None").passes(request_for(ks, frank))
+        assert info.value.kind == "runtime" and "count" in info.value.message  # no live host object handed out
+
+
+async def test_unportable_or_clashing_helpers_stop_with_the_plugins_name(ks: Keystage) -> None:
+    with registered_plugin(ks, HelperPlugin({"double": lambda x: 2 * x}), "lambda-plugin"):
+        with pytest.raises(PluginError) as info:
+            collect_helpers(ks.plugins)
+        assert "lambda-plugin" in str(info.value) and "double" in str(info.value)
+    with registered_plugin(ks, HelperPlugin({"now": "time:time"}), "shadow-plugin"):
+        with pytest.raises(PluginError, match="already a name"):
+            collect_helpers(ks.plugins)
+    with registered_plugin(ks, HelperPlugin({"tag": "x"}), "first"), \
+            registered_plugin(ks, HelperPlugin({"tag": "y"}), "second"):
+        with pytest.raises(PluginError) as info:
+            collect_helpers(ks.plugins)
+        assert "first" in str(info.value) and "second" in str(info.value)
+
+
+async def test_per_call_helpers(pool: Sandbox) -> None:
+    result = await pool.evaluate("return wrap('a b c d', 3) == ['a b', 'c d']", context=CONTEXT,
+                                 helpers={"wrap": textwrap.wrap})
+    assert result.value is True
+
+
 # -- in a real flow ---------------------------------------------------------------------------
 
 
@@ -289,7 +341,8 @@ async def test_a_runaway_policy_costs_one_request(app: Any) -> None:
 
 async def test_blueprint_refuses_a_broken_expression_with_line_and_column(ks: Keystage) -> None:
     text = ("version: 1\nmetadata: {name: bad}\nentries:\n  - model: policy\n    identifiers: {name: bad}\n"
-            "    attrs:\n      type: expression\n      config:\n        expression: \"x = 1\\nimport os\\nreturn True\"\n")
+            "    attrs:\n      type: expression\n      config:\n"
+            "        expression: \"x = 1\\nimport os\\nreturn True\"\n")
     with pytest.raises(BlueprintError) as info:
         await apply(ks, [load(text)])
     assert "line 2, column 1" in str(info.value) and "import" in str(info.value)

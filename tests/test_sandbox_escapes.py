@@ -59,9 +59,11 @@ CASES: list[tuple[str, str, Any]] = [
     ("yield-from", "def f():\n    yield from [1]\nreturn True", (C, 2)),
     ("generator-send", "g = (x for x in [1])\nreturn g.send(None) == 1", R),
     ("generator-throw", "g = (x for x in [1])\nreturn g.throw(Exception) is None", R),
-    ("traceback-frame", "try:\n    1/0\nexcept Exception as e:\n    return e.__traceback__.tb_frame is not None", (C, 4)),
+    ("traceback-frame", "try:\n    1/0\nexcept Exception as e:\n    return e.__traceback__.tb_frame is not None",
+     (C, 4)),
     ("tb-frame-attr", "try:\n    1/0\nexcept Exception as e:\n    t = e\nreturn t.tb_frame is not None", (C, 5)),
-    ("exception-with-traceback", "try:\n    1/0\nexcept Exception as e:\n    return e.with_traceback(None) is not None", R),
+    ("exception-with-traceback",
+     "try:\n    1/0\nexcept Exception as e:\n    return e.with_traceback(None) is not None", R),
     ("exception-args", "try:\n    {}[request]\nexcept KeyError as e:\n    return e.args[0] is request", R),
     ("exception-carries-helper", "e = Exception(log)\nreturn e.args[0] is log", R),
     ("lambda-code", "f = lambda: 1\nreturn f.__code__ is not None", (C, 2)),
@@ -77,7 +79,8 @@ CASES: list[tuple[str, str, Any]] = [
     ("percent-dunder", "return '%s' % request.user.__class__ != ''", (C, 1)),
     ("maketrans", "m = str.maketrans('a', 'b')\nreturn m == {}", (C, 1)),
     ("translate", "return 'abc'.translate({97: 'x'}) == 'xbc'", (C, 1)),
-    ("fstring-repr-request", "return f'{request!r}' == '<request>' and f'{request.user!r}' == '<user alice>'", ("value", True)),
+    ("fstring-repr-request", "return f'{request!r}' == '<request>' and f'{request.user!r}' == '<user alice>'",
+     ("value", True)),
     ("fstring-repr-helper", "return 'at 0x' in f'{log!r}' or 'object at' in f'{request.user!a}'", ("value", True)),
     ("fstring-spec-dunder", "return f'{request:{\"__class__\"}}' != ''", R),
     # -- guard shadowing ---------------------------------------------------------------
@@ -177,7 +180,8 @@ CASES: list[tuple[str, str, Any]] = [
     ("walrus-contained", "if (u := request.user):\n    return u.username == 'alice'\nreturn False", ("value", True)),
     ("decorator-contained", "@log\ndef f():\n    return 1\nreturn True", ("value", True)),
     ("error-message-no-hash",
-     "try:\n    request.user.password_hash\nexcept AttributeError as e:\n    return '$argon2' in str(e)", ("value", False)),
+     "try:\n    request.user.password_hash\nexcept AttributeError as e:\n    return '$argon2' in str(e)",
+     ("value", False)),
 ]
 
 

@@ -156,7 +156,8 @@ async def test_mapping_results_are_capped(pool: Sandbox) -> None:
         await pool.evaluate("return {'x': 'y' * 10**5}", context=CONTEXT, kind="mapping")
     assert info.value.kind == "result_type" and "bytes of JSON" in info.value.message
     with pytest.raises(ExpressionError) as info:
-        await pool.evaluate("x = []\nfor i in range(100):\n    x = [x]\nreturn {'a': x}", context=CONTEXT, kind="mapping")
+        await pool.evaluate("x = []\nfor i in range(100):\n    x = [x]\nreturn {'a': x}", context=CONTEXT,
+                            kind="mapping")
     assert info.value.kind == "result_type"
 
 

@@ -23,7 +23,7 @@ import sys
 from types import MappingProxyType
 from typing import Any
 
-from .views import ApplicationView, FlowView, RequestView, UserView
+from .views import ApplicationView, FlowView, FrozenList, RequestView, UserView
 
 # Limits are overwritten by the host's values when the worker starts (pool.py sends them).
 LIMITS: dict[str, int] = {
@@ -86,7 +86,7 @@ def limit(message: str) -> ResourceLimitExceeded:
 
 # -- size checks ----------------------------------------------------------------------
 
-SEQUENCES = (str, bytes, list, tuple)
+SEQUENCES = (str, bytes, list, tuple, FrozenList)
 
 
 def _check_len(n: int, kind: type) -> None:
@@ -104,7 +104,7 @@ def _check_bits(bits: int) -> None:
 
 def g_add(a: Any, b: Any) -> Any:
     ta = type(a)
-    if ta in SEQUENCES and type(b) is ta:
+    if ta in SEQUENCES and type(b) in SEQUENCES:
         _check_len(len(a) + len(b), ta)
     return a + b
 
@@ -336,6 +336,7 @@ ATTRIBUTES: dict[type, frozenset[str]] = {
     list: frozenset({"append", "extend", "insert", "pop", "remove", "index", "count", "copy", "reverse",
                      "sort", "clear"}),
     tuple: frozenset({"index", "count"}),
+    FrozenList: frozenset({"index", "count"}),
     dict: frozenset({"get", "keys", "values", "items", "pop", "popitem", "setdefault", "update", "copy", "clear"}),
     MappingProxyType: frozenset({"get", "keys", "values", "items", "copy"}),
     set: frozenset({"add", "discard", "remove", "pop", "clear", "copy", "union", "intersection", "difference",
@@ -387,7 +388,7 @@ def g_getattr(obj: Any, name: str) -> Any:
     return wrap(obj, value) if wrap is not None else value
 
 
-SUBSCRIPTABLE = frozenset({str, bytes, list, tuple, dict, MappingProxyType, range})
+SUBSCRIPTABLE = frozenset({str, bytes, list, tuple, FrozenList, dict, MappingProxyType, range})
 WRITABLE = frozenset({list, dict, set})
 
 

@@ -79,7 +79,8 @@ def spec_for(name: str, helper: Any) -> HelperSpec:
     try:
         json.dumps(helper, allow_nan=False)
     except (TypeError, ValueError):
-        raise ValueError(f"helper {name!r} must be a function or plain JSON data, not {type(helper).__name__}") from None
+        kind = type(helper).__name__
+        raise ValueError(f"helper {name!r} must be a function or plain JSON data, not {kind}") from None
     return HelperSpec(name, value=helper)
 
 

@@ -22,8 +22,6 @@ import logging
 import math
 import os
 import pickle
-import signal
-import struct
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,6 +32,7 @@ from . import guards
 from .compiler import Compiled, compile_expression
 from .errors import ExpressionError
 from .helpers import HelperSpec, helper_specs
+from .process import WorkerFailure, WorkerProcess, wait_quietly
 
 log = logging.getLogger("keystage.sandbox")
 
@@ -47,7 +46,6 @@ WORKER_CODE_CACHE = 4096
 MAX_LOOKUP_ROUNDS = 8  # each user_by() with a computed argument may cost one more run
 START_TIMEOUT = 30.0
 SLACK = 0.02  # for the pipe and the unpickling; the worker's own alarm rings 0.1 s after the timeout
-HEADER = struct.Struct(">I")
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 ERROR_KINDS = frozenset({"runtime", "timeout", "resource", "result_type"})
 
@@ -60,130 +58,6 @@ class EvaluationResult:
     messages: tuple[str, ...] = ()
     log_lines: tuple[str, ...] = ()
     duration: float = 0.0
-
-
-class _WorkerFailure(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-class _Worker:
-    """One worker process and its two pipes, read and written without blocking the loop."""
-
-    def __init__(self, sandbox: Sandbox, proc: subprocess.Popen[bytes], read_fd: int, write_fd: int) -> None:
-        self.sandbox = sandbox
-        self.proc = proc
-        self.read_fd = read_fd
-        self.write_fd = write_fd
-        self.buffer = bytearray()
-        self.frame_cap = 1 << 20
-        self.waiter: asyncio.Future[bytes] | None = None
-        self.known: set[str] = set()
-        self.alive = True
-        self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(read_fd, self._readable)
-
-    def _readable(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.read_fd, 1 << 20)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self._fail(_WorkerFailure("resource", f"sandbox worker pipe failed: {exc}"))
-                return
-            if not chunk:
-                self._fail(_WorkerFailure("resource", "sandbox worker ended"))
-                return
-            self.buffer += chunk
-        while len(self.buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self.buffer)
-            if size > self.frame_cap:
-                self._fail(_WorkerFailure("resource", f"sandbox worker sent {size} bytes; at most {self.frame_cap}"))
-                return
-            if len(self.buffer) < HEADER.size + size:
-                break
-            frame = bytes(self.buffer[HEADER.size:HEADER.size + size])
-            del self.buffer[:HEADER.size + size]
-            if self.waiter is None or self.waiter.done():
-                self._fail(_WorkerFailure("resource", "sandbox worker spoke out of turn"))
-                return
-            self.waiter.set_result(frame)
-
-    def _fail(self, failure: _WorkerFailure) -> None:
-        self.stop_reading()
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(failure)
-
-    def stop_reading(self) -> None:
-        if self.alive:
-            self.alive = False
-            try:
-                self.loop.remove_reader(self.read_fd)
-            except (RuntimeError, ValueError):  # the loop is closed already
-                pass
-
-    async def send(self, payload: bytes) -> None:
-        data = memoryview(HEADER.pack(len(payload)) + payload)
-        while data:
-            try:
-                written = os.write(self.write_fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                raise _WorkerFailure("resource", f"sandbox worker pipe failed: {exc}") from None
-            data = data[written:]
-            if data:
-                ready = self.loop.create_future()
-                self.loop.add_writer(self.write_fd, ready.set_result, None)
-                try:
-                    await ready
-                finally:
-                    self.loop.remove_writer(self.write_fd)
-
-    async def request(self, payload: bytes, timeout: float) -> bytes:
-        """Send one frame, wait for the answer until ``timeout``; raise ``_WorkerFailure`` otherwise."""
-        self.waiter = waiter = self.loop.create_future()
-        expire = self.loop.call_later(timeout, self._expire, waiter)
-        try:
-            await self.send(payload)
-            return await waiter
-        finally:
-            expire.cancel()
-            self.waiter = None
-
-    def _expire(self, waiter: asyncio.Future[bytes]) -> None:
-        if not waiter.done():
-            waiter.set_exception(_WorkerFailure("timeout", "deadline"))
-
-    def kill(self) -> None:
-        self.stop_reading()
-        for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.read_fd = self.write_fd = -1
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-
-    async def death_reason(self) -> _WorkerFailure:
-        loop = asyncio.get_running_loop()
-        try:
-            code = await loop.run_in_executor(None, self.proc.wait, 1.0)
-        except subprocess.TimeoutExpired:
-            return _WorkerFailure("resource", "the sandbox worker stopped answering")
-        if code == -signal.SIGALRM:
-            return _WorkerFailure("timeout", "deadline")
-        if code == -signal.SIGXCPU:
-            return _WorkerFailure("resource", "used up its CPU time")
-        if code == -signal.SIGKILL:
-            return _WorkerFailure("resource", "the sandbox worker was killed (out of memory?)")
-        return _WorkerFailure("resource", f"the sandbox worker crashed (exit status {code})")
 
 
 class Sandbox:
@@ -201,9 +75,9 @@ class Sandbox:
         self.closed = False
         self.stats: collections.Counter[str] = collections.Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._workers: set[_Worker] = set()
-        self._idle: list[_Worker] = []
-        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        self._workers: set[WorkerProcess] = set()
+        self._idle: list[WorkerProcess] = []
+        self._waiters: collections.deque[asyncio.Future[WorkerProcess]] = collections.deque()
         self._spawning = 0
         self._start_error: str | None = None
         self._retry_at = 0.0
@@ -217,7 +91,7 @@ class Sandbox:
             "helpers": [(h.name, h.ref, h.value) for h in self.helpers],
         })
 
-    async def _spawn(self) -> _Worker:
+    async def _spawn(self) -> WorkerProcess:
         loop = asyncio.get_running_loop()
         child_read, host_write = os.pipe()
         host_read, child_write = os.pipe()
@@ -237,25 +111,25 @@ class Sandbox:
             os.close(child_write)
         os.set_blocking(host_read, False)
         os.set_blocking(host_write, False)
-        worker = _Worker(self, proc, host_read, host_write)
+        worker = WorkerProcess(self, proc, host_read, host_write)
         try:
             answer = json.loads(await worker.request(self._init_frame(), START_TIMEOUT))
-        except (_WorkerFailure, ValueError) as exc:
+        except (WorkerFailure, ValueError) as exc:
             worker.kill()
             self._reap(worker)
-            raise _WorkerFailure("runtime", f"a sandbox worker could not start: {exc}") from None
+            raise WorkerFailure("runtime", f"a sandbox worker could not start: {exc}") from None
         if not isinstance(answer, dict) or answer.get("ready") is not True:
             worker.kill()
             self._reap(worker)
             error = answer.get("error") if isinstance(answer, dict) else None
-            raise _WorkerFailure("runtime", f"a sandbox worker could not start: {error}")
+            raise WorkerFailure("runtime", f"a sandbox worker could not start: {error}")
         worker.frame_cap = 8 << 20
         self.stats["spawned"] += 1
         return worker
 
-    def _reap(self, worker: _Worker) -> None:
+    def _reap(self, worker: WorkerProcess) -> None:
         loop = asyncio.get_running_loop()
-        task = asyncio.ensure_future(loop.run_in_executor(None, _wait_quietly, worker.proc))
+        task = asyncio.ensure_future(loop.run_in_executor(None, wait_quietly, worker.proc))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -291,7 +165,7 @@ class Sandbox:
         self._spawning += 1
         try:
             worker = await self._spawn()
-        except _WorkerFailure as exc:
+        except WorkerFailure as exc:
             self._start_error = exc.message
             self._retry_at = asyncio.get_running_loop().time() + 1.0
             log.error("%s", exc.message)
@@ -320,7 +194,7 @@ class Sandbox:
                 if not waiter.done():
                     waiter.set_exception(ExpressionError("runtime", self._start_error or "no sandbox worker"))
 
-    async def _acquire(self) -> _Worker:
+    async def _acquire(self) -> WorkerProcess:
         await self._ensure_started()
         while True:
             while self._idle:
@@ -330,7 +204,7 @@ class Sandbox:
             if not self._workers and not self._spawning:
                 await self._ensure_started()
                 continue
-            waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[WorkerProcess] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 worker = await waiter
@@ -341,7 +215,7 @@ class Sandbox:
             if worker.alive:
                 return worker
 
-    def _release(self, worker: _Worker) -> None:
+    def _release(self, worker: WorkerProcess) -> None:
         if not worker.alive:
             self._discard(worker)
             return
@@ -352,7 +226,7 @@ class Sandbox:
                 return
         self._idle.append(worker)
 
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: WorkerProcess) -> None:
         worker.kill()
         if worker in self._workers:
             self._workers.discard(worker)
@@ -362,7 +236,7 @@ class Sandbox:
     def _kill_all(self) -> None:
         for worker in list(self._workers):
             worker.kill()
-            _wait_quietly(worker.proc)
+            wait_quietly(worker.proc)
         self._workers.clear()
         self._idle.clear()
         for waiter in self._waiters:
@@ -388,11 +262,11 @@ class Sandbox:
             worker.kill()
         if workers:
             loop = asyncio.get_running_loop()
-            await asyncio.gather(*(loop.run_in_executor(None, _wait_quietly, w.proc) for w in workers))
+            await asyncio.gather(*(loop.run_in_executor(None, wait_quietly, w.proc) for w in workers))
 
     # -- jobs --------------------------------------------------------------------------
 
-    def _job(self, worker: _Worker, compiled: list[Compiled], contexts: list[dict[str, Any]],
+    def _job(self, worker: WorkerProcess, compiled: list[Compiled], contexts: list[dict[str, Any]],
              items: list[tuple[str, int, str]], timeout: float, extra: tuple[HelperSpec, ...]) -> bytes:
         codes = {c.key: c.marshaled for c in compiled if c.key not in worker.known}
         reset = len(worker.known) + len(codes) > WORKER_CODE_CACHE
@@ -407,7 +281,7 @@ class Sandbox:
 
     async def _run(self, pairs: Sequence[tuple[Compiled, dict[str, Any]]], timeout: float, kind: str,
                    extra: tuple[HelperSpec, ...]) -> list[list[Any]]:
-        """Run ``pairs`` in one worker, in one round trip; raw result items, or ``_WorkerFailure``."""
+        """Run ``pairs`` in one worker, in one round trip; raw result items, or ``WorkerFailure``."""
         contexts: list[dict[str, Any]] = []
         positions: dict[int, int] = {}
         items = []
@@ -424,7 +298,7 @@ class Sandbox:
             payload = self._job(worker, [c for c, _ in pairs], contexts, items, timeout, extra)
             worker.frame_cap = (8 << 20) + len(items) * (self.limits["max_output"] * 2 + 4096)
             frame = await worker.request(payload, deadline)
-        except _WorkerFailure as failure:
+        except WorkerFailure as failure:
             self.stats["killed"] += 1
             if failure.kind == "timeout" and failure.message == "deadline":
                 worker.kill()
@@ -448,8 +322,8 @@ class Sandbox:
             fatal = answer.get("fatal") if isinstance(answer, dict) else None
             self._discard(worker)
             if isinstance(fatal, str):
-                raise _WorkerFailure("resource", fatal[:200]) from None
-            raise _WorkerFailure("runtime", f"the sandbox worker sent an invalid answer ({exc})") from None
+                raise WorkerFailure("resource", fatal[:200]) from None
+            raise WorkerFailure("runtime", f"the sandbox worker sent an invalid answer ({exc})") from None
         self._release(worker)
         return results
 
@@ -457,7 +331,7 @@ class Sandbox:
                        extra: tuple[HelperSpec, ...]) -> list[Any]:
         try:
             return (await self._run([(compiled, context)], timeout, kind, extra))[0]
-        except _WorkerFailure as failure:
+        except WorkerFailure as failure:
             message = f"took longer than {timeout:g} s" if failure.kind == "timeout" else failure.message
             return ["e", failure.kind, None, message, [], [], timeout if failure.kind == "timeout" else 0.0]
 
@@ -465,7 +339,7 @@ class Sandbox:
                          extra: tuple[HelperSpec, ...]) -> list[list[Any]]:
         try:
             return await self._run(pairs, timeout, kind, extra)
-        except _WorkerFailure:
+        except WorkerFailure:
             if len(pairs) == 1:
                 return [await self._run_one(pairs[0][0], pairs[0][1], timeout, kind, extra)]
             # One item took the worker down: run the share again one by one, so only it fails.
@@ -530,7 +404,7 @@ class Sandbox:
                 break
             raw = await self._spread(todo, timeout, kind, extra)
             again = []
-            for (index, compiled, context), item in zip(todo, raw):
+            for (index, compiled, context), item in zip(todo, raw, strict=True):
                 if item[0] != "n":
                     try:
                         out[index] = _outcome(item, kind, self.limits)
@@ -545,7 +419,8 @@ class Sandbox:
                 again.append((index, compiled, context))
             todo = again
         for index, _, _ in todo:
-            out[index] = ExpressionError("resource", f"user_by() asked for new users more than {MAX_LOOKUP_ROUNDS} times")
+            out[index] = ExpressionError("resource",
+                                         f"user_by() asked for new users more than {MAX_LOOKUP_ROUNDS} times")
         return out  # type: ignore[return-value]
 
     async def _spread(self, todo: list[tuple[int, Compiled, dict[str, Any]]], timeout: float, kind: str,
@@ -556,14 +431,6 @@ class Sandbox:
         chunks = [[(c, ctx) for _, c, ctx in todo[i:i + step]] for i in range(0, len(todo), step)]
         answers = await asyncio.gather(*(self._run_share(chunk, timeout, kind, extra) for chunk in chunks))
         return [item for answer in answers for item in answer]
-
-
-def _wait_quietly(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _needs(item: list[Any]) -> list[tuple[str, str]]:

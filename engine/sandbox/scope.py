@@ -82,7 +82,7 @@ def is_group_member(user: Any, name: Any) -> bool:
 
 def now() -> dt.datetime:
     """The current time, timezone-aware (UTC)."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _clip(text: str) -> str:
@@ -166,7 +166,8 @@ class PluginHelper:
         try:
             return freeze(result)
         except TypeError:
-            raise TypeError(f"helper {self.name} returned {type(result).__name__}, which expressions cannot use") from None
+            kind = type(result).__name__
+            raise TypeError(f"helper {self.name} returned {kind}, which expressions cannot use") from None
 
     def __repr__(self) -> str:
         return f"<helper {self.name}>"

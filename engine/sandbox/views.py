@@ -12,6 +12,39 @@ from types import MappingProxyType
 from typing import Any
 
 
+class FrozenList(tuple):  # type: ignore[type-arg]
+    """A list from the context, read-only: a tuple that equals the list with the same items.
+
+    Admins compare ``request.user.attributes["roles"] == ["a", "b"]`` as they would in JSON;
+    ``+`` with a list gives a (new) list.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is list:
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
+
+    def __add__(self, other: Any) -> Any:
+        if type(other) is list:
+            return list(self) + other
+        return FrozenList(tuple.__add__(self, other))
+
+    def __radd__(self, other: Any) -> Any:
+        if type(other) is list:
+            return other + list(self)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 class View:
     __slots__ = ()
 
@@ -36,7 +69,7 @@ class UserView(View):
         put(self, "is_superuser", bool(data.get("is_superuser", False)))
         put(self, "attributes", freeze(data.get("attributes") or {}))
         groups = data.get("groups")
-        put(self, "groups", tuple(sorted(str(g) for g in groups)) if groups is not None else None)
+        put(self, "groups", FrozenList(sorted(str(g) for g in groups)) if groups is not None else None)
         put(self, "_folded", frozenset(g.lower() for g in self.groups) if self.groups is not None else None)
 
     def __repr__(self) -> str:
@@ -98,16 +131,16 @@ PLAIN = (str, int, float, bool, type(None), bytes, dt.datetime, dt.date, dt.time
 
 
 def freeze(value: Any, depth: int = 0) -> Any:
-    """Plain data → immutable plain data (dicts become mapping proxies, lists tuples)."""
+    """Plain data → immutable plain data (dicts become mapping proxies, lists frozen lists)."""
     kind = type(value)
-    if kind in PLAIN or kind in VIEW_TYPES or kind is MappingProxyType or kind is frozenset:
+    if kind in PLAIN or kind in VIEW_TYPES or kind is MappingProxyType or kind is frozenset or kind is FrozenList:
         return value
     if depth > 32:
         raise ValueError("data nested too deeply")
     if kind is dict:
         return MappingProxyType({k: freeze(v, depth + 1) for k, v in value.items()})
     if kind is list or kind is tuple:
-        return tuple(freeze(v, depth + 1) for v in value)
+        return FrozenList(freeze(v, depth + 1) for v in value)
     if kind is set:
         return frozenset(value)
     raise TypeError(f"{kind.__name__} values cannot be handed to expressions")

@@ -283,7 +283,7 @@ def to_json(value: Any, depth: int, path: str) -> Any:
                 raise TypeError(f"key {short_repr(key)} at {path or 'the top'} is not a string")
             out[key] = to_json(item, depth + 1, f"{path}.{key}" if path else key)
         return out
-    if kind in (list, tuple):
+    if kind in (list, tuple, views.FrozenList):
         return [to_json(item, depth + 1, f"{path}[{i}]") for i, item in enumerate(value)]
     raise TypeError(f"{kind.__name__} at {path or 'the top'} is not JSON data")
 
