@@ -23,7 +23,7 @@ class FrozenList(tuple):  # type: ignore[type-arg]
 
     def __eq__(self, other: object) -> bool:
         if type(other) is list:
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return tuple.__eq__(self, other)
 
     def __ne__(self, other: object) -> bool:
