@@ -26,7 +26,7 @@ from keystage.engine.blueprints import BlueprintError, apply, load
 from keystage.engine.config import Settings
 from keystage.engine.errors import PluginError
 from keystage.engine.hookspecs import hookimpl
-from keystage.engine.policy import PolicyRequest
+from keystage.engine.policy import PolicyRequest, PolicyResult
 from keystage.engine.request_info import RequestInfo
 from keystage.engine.runtime import Keystage
 from keystage.engine.sandbox import ExpressionError, Sandbox, collect_helpers, get_sandbox
@@ -221,6 +221,19 @@ async def test_user_by_constant_and_computed(ks: Keystage) -> None:
     assert (await computed.passes(request_for(ks, alice))).passing is True
     with pytest.raises(ExpressionError):
         await policy("return user_by(username='a', email='b') is None").passes(request_for(ks, alice))
+
+
+async def test_many_policies_for_one_request(ks: Keystage) -> None:
+    gina = await ks.users.create("gina", attributes={"level": 4})
+    team = await ks.users.create_group("team-3")
+    await ks.users.add_member(team.id, gina.id)
+    policies = [policy(f"return is_group_member(request.user, 'team-{i}') or request.user.attributes['level'] > {i}")
+                for i in range(8)] + [policy("return 1 / 0 > 0"), policy("message('no')\nreturn request.ip is None")]
+    results = await ExpressionPolicy.passes_many(policies, request_for(ks, gina))
+    assert [r.passing for r in results[:8]] == [True, True, True, True, False, False, False, False]
+    assert isinstance(results[8], ExpressionError) and results[8].kind == "runtime"
+    assert results[9] == PolicyResult(False, ("no",))
+    assert await ExpressionPolicy.passes_many([], request_for(ks, gina)) == []
 
 
 async def test_cacheable_only_when_pure(ks: Keystage) -> None:

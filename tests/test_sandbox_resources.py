@@ -134,6 +134,18 @@ async def test_the_worker_is_killed_and_replaced(pool: Sandbox) -> None:
     assert len(after) == pool.size and after != before
 
 
+async def test_nothing_an_expression_makes_runs_later(pool: Sandbox) -> None:
+    # No class, so no __del__; a suspended generator has no finally; lambdas die with the run.
+    source = ("pending = (log('late') for x in [1])\nkeep = [lambda: log('later')]\n"
+              "sorted([2, 1], key=lambda x: x)\nreturn True")
+    for _ in range(4):
+        assert (await pool.evaluate(source, context=CONTEXT)).log_lines == ()
+        assert (await pool.evaluate("return printed == ''", context=CONTEXT)).value is True
+    with pytest.raises(ExpressionError) as info:
+        await pool.evaluate("return lambda: log('later')", context=CONTEXT)
+    assert info.value.kind == "result_type"
+
+
 async def test_memory_cap_is_set_on_workers(pool: Sandbox) -> None:
     await assert_healthy(pool)
     for worker in pool._workers:

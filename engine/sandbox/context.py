@@ -17,6 +17,7 @@ but their log, which restarts with each run).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..flow_context import APPLICATION
@@ -101,16 +102,21 @@ async def group_names(keystage: Keystage, user: Any) -> list[str]:
     return list(await cache.get(keystage, user))
 
 
-async def policy_context(request: PolicyRequest, compiled: Compiled,
+async def policy_context(request: PolicyRequest, compiled: Compiled | Sequence[Compiled],
                          helper_names: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The context for one expression policy: what ``request.*`` holds in the sandbox."""
-    everything = compiled.request_attrs is None or bool(compiled.names & helper_names)
-    wanted = compiled.request_attrs or frozenset()
+    """The context for expression policies: what ``request.*`` holds in the sandbox.
+
+    ``compiled`` is one expression or several (one context serving them all).
+    """
+    expressions = [compiled] if isinstance(compiled, Compiled) else list(compiled)
+    everything = any(c.request_attrs is None or c.names & helper_names for c in expressions)
+    wanted = frozenset().union(*(c.request_attrs or frozenset() for c in expressions))
+    uses_groups = any(c.uses_groups for c in expressions)
     cache = _cache(request)
     data: dict[str, Any] = {"user": None, "ip": None, "user_agent": "", "flow": None, "application": None}
     if request.user is not None:
         groups = None
-        if everything or compiled.uses_groups:
+        if everything or uses_groups:
             groups = cache.get("groups")
             if groups is None:
                 groups = cache["groups"] = await group_names(request.keystage, request.user)

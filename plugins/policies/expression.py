@@ -18,6 +18,7 @@ See docs/expressions.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pydantic
@@ -87,6 +88,26 @@ class ExpressionPolicy(PolicyType):
     async def passes(self, request: PolicyRequest) -> PolicyResult:
         result = await self.evaluate(request)
         return PolicyResult(bool(result.value), result.messages)
+
+    @staticmethod
+    async def passes_many(policies: Sequence[ExpressionPolicy],
+                          request: PolicyRequest) -> list[PolicyResult | sandbox.ExpressionError]:
+        """Many expression policies for one request, in one round trip per sandbox worker.
+
+        For checking many targets at once (the application library: which of 1,000 apps may
+        this user open?). One context serves all; the timeout is the largest of theirs. Each
+        answer is a ``PolicyResult`` or the ``ExpressionError`` of that policy (a failure:
+        apply the binding's ``failure_result``).
+        """
+        if not policies:
+            return []
+        pool = sandbox.get_sandbox(request.keystage)
+        context = await policy_context(request, [p.compiled for p in policies], pool.helper_names)
+        timeout = max(p.config.timeout for p in policies)  # type: ignore[attr-defined]
+        results = await pool.evaluate_many([(p.config.expression, context) for p in policies],  # type: ignore[attr-defined]
+                                           timeout=timeout, kind="policy", user_loader=user_loader(request.keystage))
+        return [r if isinstance(r, sandbox.ExpressionError) else PolicyResult(bool(r.value), r.messages)
+                for r in results]
 
 
 @hookimpl
