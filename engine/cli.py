@@ -222,3 +222,7 @@ main.add_command(policy)
 from .cli_i18n import i18n  # noqa: E402
 
 main.add_command(i18n)
+
+from .cli_plugin import plugin  # noqa: E402
+
+main.add_command(plugin)
