@@ -322,7 +322,7 @@ class Sandbox:
             fatal = answer.get("fatal") if isinstance(answer, dict) else None
             self._discard(worker)
             if isinstance(fatal, str):
-                raise WorkerFailure("resource", fatal[:200]) from None
+                raise WorkerFailure("resource" if "out of memory" in fatal else "runtime", fatal[:200]) from None
             raise WorkerFailure("runtime", f"the sandbox worker sent an invalid answer ({exc})") from None
         self._release(worker)
         return results

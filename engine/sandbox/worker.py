@@ -312,6 +312,9 @@ def main(argv: list[str]) -> int:
             # Out of memory outside an expression (building results): say so, then make room by leaving.
             write_frame(write_fd, b'{"fatal":"out of memory (the sandbox allows 256 MiB)"}')
             return 1
+        except Exception as exc:  # a bug here, not in the expression: report it and start afresh
+            write_frame(write_fd, json.dumps({"fatal": f"sandbox worker error: {describe(exc)}"}).encode())
+            return 1
         write_frame(write_fd, answer)
 
 
