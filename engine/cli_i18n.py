@@ -28,7 +28,7 @@ def _errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except I18nToolError as exc:
-            click.echo(f"keystage i18n: {exc}", err=True)
+            click.echo(f"keystage: {exc}", err=True)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
