@@ -342,3 +342,38 @@ def test_keystage_i18n_is_a_subcommand_of_keystage() -> None:
 
     assert main.commands["i18n"] is i18n_cli
     assert {"extract", "update", "compile", "check", "stats", "pseudo"} <= set(i18n_cli.commands)
+
+
+# -- docs/translators.md, which translators follow ------------------------------------------------
+
+TRANSLATORS_DOC = ROOT / "docs" / "translators.md"
+GLOSSARY_TERMS = ("sign in", "password", "passkey", "security key", "recovery code", "consent", "username",
+                  "email address", "two-factor authentication")
+
+
+def test_the_glossary_covers_every_promised_locale() -> None:
+    text = TRANSLATORS_DOC.read_text("utf-8")
+    sections = {part.split(" ", 1)[0]: part for part in text.split("\n### ")[1:]}
+    for locale in REQUIRED:
+        if i18n_tools.is_pseudo(locale):
+            continue
+        assert locale in sections, f"docs/translators.md has no glossary section `### {locale} — ...`"
+        rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+                for line in sections[locale].splitlines() if line.startswith("| ") and line.count("|") >= 3}
+        missing = [term for term in GLOSSARY_TERMS if not rows.get(term)]
+        assert not missing, f"{locale}: glossary lacks {missing}"
+
+
+def test_the_documented_plural_forms_headers_agree_with_cldr() -> None:
+    documented: dict[str, str] = {}
+    for line in TRANSLATORS_DOC.read_text("utf-8").splitlines():
+        cells = [c.strip() for c in line.replace("\\|", "\x00").split("|")]
+        if len(cells) >= 4 and cells[-2].startswith("`nplurals="):
+            header = cells[-2].strip("`").replace("\x00", "|")
+            for locale in cells[1].split(","):
+                documented[locale.strip()] = header
+    assert set(REQUIRED) - {"en_XA"} <= set(documented), sorted(set(REQUIRED) - set(documented))
+    for locale, header in documented.items():
+        nplurals, expression = header.split(";", 1)
+        expression = expression.strip().removeprefix("plural=").rstrip(";")
+        assert i18n_tools.plural_rule_errors(locale, int(nplurals.split("=")[1]), expression) == [], locale
