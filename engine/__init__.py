@@ -21,6 +21,7 @@ from .runtime import Keystage
 from .policy import PolicyConfig, PolicyRequest, PolicyResult, PolicyType
 from .stage import (Cancel, Continue, Deny, FieldError, FlowInfo, Invalid, Redirect, Stage, StageConfig,
                     StageContext, StageResult, config_errors)
+from .templates import render_page
 from .users import Group, User, UserError
 
 __all__ = [
@@ -65,4 +66,5 @@ __all__ = [
     "config_errors",
     "hookimpl",
     "record_event",
+    "render_page",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import BaseLoader, ChoiceLoader, FileSystemLoader, PrefixLoader
 
@@ -53,3 +53,17 @@ def template_loader(keystage: Keystage, extra_folders: Mapping[str, Iterable[str
         FileSystemLoader(str(WEB_TEMPLATES)),
         PrefixLoader({name: FileSystemLoader(dirs) for name, dirs in folders.items()}, delimiter="/"),
     ])
+
+
+async def render_page(template: str, **context: Any) -> str:
+    """Render a page for a plugin's route the way keystage renders its own.
+
+    The negotiated locale's ``_`` / ``ngettext`` / ``pgettext``, ``lang``, ``dir`` and the language
+    switcher's data are in scope, so the template may ``{% extends "base.html" %}``. Call it while
+    handling a request; name the template with its plugin's prefix (``"<plugin name>/page.html"``).
+    """
+    from quart import render_template
+
+    from . import web_context
+
+    return await render_template(template, **{**web_context.template_globals(), **context})
