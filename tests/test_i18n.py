@@ -7,7 +7,6 @@ from __future__ import annotations
 import gettext
 import io
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ LOGIN = "/flows/default-authentication-flow/"
 EXTRACT_ARGS = ["extract", "-F", "babel.cfg", "-k", "N_", "-c", "Translators:", "--project", "keystage",
                 "--copyright-holder", "the keystage authors", "-o", "locales/keystage.pot",
                 "engine", "stages", "plugins", "web"]
-EXTRACT = f"pybabel {shlex.join(EXTRACT_ARGS)}"
-UPDATE = "pybabel update -i locales/keystage.pot -d locales -D keystage"
+EXTRACT = "keystage i18n extract"  # the same extraction as EXTRACT_ARGS (engine/i18n_tools.py)
+UPDATE = "keystage i18n update"
 # Python %-conversions: %(name)s, %(num)d, %s, %5.2f ... (%% is a literal percent sign).
 CONVERSION = re.compile(r"%(?:\((\w+)\))?[-#0 +]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa%]")
 CLDR_ORDER = ("zero", "one", "two", "few", "many", "other")
