@@ -233,7 +233,8 @@ class Executor:
         user = await self.keystage.users.get(user_id) if user_id else None
         result = await policy_engine.evaluate(
             self.keystage, bindings.get(("stage_binding", planned.binding_id), []), flow.policy_engine_mode,
-            PolicyRequest(self.keystage, user, self.request, plan.context),
+            PolicyRequest(self.keystage, user, self.request, plan.context,
+                          flow={"slug": flow.slug, "designation": flow.designation}),
         )
         return result
 

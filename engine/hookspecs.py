@@ -117,6 +117,12 @@ def register_expression_helpers() -> dict[str, Any] | None:
     Called once at startup. Names must be valid identifiers that do not start with an
     underscore; a name registered by two plugins is a startup error naming both.
 
+    Expressions run in separate sandbox worker processes, so each value must travel there:
+    a module-level function importable by its module and name (or the string
+    ``"package.module:function"``), or plain JSON data. Anything else (a lambda, a bound
+    method, an object) is refused at startup naming the plugin. A helper's arguments and
+    its answer are plain data; the answer is frozen before the expression sees it.
+
     Added in: 1.0
     """
 

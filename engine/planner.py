@@ -96,7 +96,8 @@ async def plan(
         ctx[REDIRECT.name] = redirect
     if user is not None:
         ctx.setdefault(PENDING_USER.name, user.id)
-    policy_request = PolicyRequest(keystage=keystage, user=user, request=request, context=ctx)
+    policy_request = PolicyRequest(keystage=keystage, user=user, request=request, context=ctx,
+                                   flow={"slug": flow.slug, "designation": flow.designation})
     bindings = await policy_engine.bindings_for(
         keystage, flow_id=flow.id, stage_binding_ids=[b.id for b in flow.bindings if b.evaluate_on_plan]
     )

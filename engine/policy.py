@@ -34,6 +34,9 @@ class PolicyRequest:
     user: User | None
     request: RequestInfo | None
     context: dict[str, Any]
+    # The flow being run ({"slug", "designation"}) and the application it is for, when known.
+    flow: dict[str, Any] | None = None
+    application: dict[str, Any] | None = None
 
 
 class PolicyType:

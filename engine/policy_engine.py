@@ -187,7 +187,8 @@ async def _run_policy(keystage: Keystage, binding: Binding, request: PolicyReque
         try:
             policy = cls(binding.policy_name or "", cls.validate_config(binding.policy_config or {}))
             key = None
-            if cls.cacheable and binding.policy_id is not None:
+            # An instance may narrow its class's answer (an expression calling now() is not cacheable).
+            if policy.cacheable and binding.policy_id is not None:
                 user = request.user
                 key = (binding.policy_id, binding.policy_version, user.id if user else None,
                        user.version if user else None, policy.cache_key(request))

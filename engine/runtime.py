@@ -45,6 +45,10 @@ class Keystage:
             self.plugins, "register_policy_types", PolicyType, "policy"
         )
         self.state: dict[str, Any] = {}  # per-process services that plugins attach, by plugin name
+        # A broken register_expression_helpers() stops startup naming the plugin, not the first evaluation.
+        from .sandbox import collect_helpers
+
+        collect_helpers(self.plugins)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -97,6 +101,9 @@ class Keystage:
         return applied
 
     async def close(self) -> None:
+        sandbox = self.state.pop("sandbox", None)
+        if sandbox is not None:
+            await sandbox.close()
         if self._kv_purge is not None:
             self._kv_purge.cancel()
             await asyncio.gather(self._kv_purge, return_exceptions=True)

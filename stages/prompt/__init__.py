@@ -142,7 +142,9 @@ class PromptStage(Stage):
         user = await keystage.users.get(user_id) if user_id else None
         context = {**self.ctx.plan.data, PROMPT_DATA.name: data}
         result = await policy_engine.evaluate(keystage, bindings, "all",
-                                              PolicyRequest(keystage, user, self.ctx.request, context))
+                                              PolicyRequest(keystage, user, self.ctx.request, context,
+                                                            flow={"slug": self.ctx.flow.slug,
+                                                                  "designation": self.ctx.flow.designation}))
         if result.passing:
             return []
         return [self.ctx.gettext(m) for m in result.messages] or [
