@@ -185,11 +185,14 @@ def test_kernel_catalog_domain_cannot_be_replaced(keystage_settings: Any, tmp_pa
     assert german.gettext("Good morning") == "Guten Morgen"
 
 
-def test_wrong_expression_helpers_fail_closed_naming_the_plugin(keystage_settings: Any) -> None:
-    kernel = Keystage(keystage_settings, extra_plugins=[("wrong", plugin_with("register_expression_helpers",
-                                                                                    lambda: ["not", "a dict"]))])
+def test_wrong_expression_helpers_stop_startup_naming_the_plugin(keystage_settings: Any) -> None:
+    # Helpers run in the sandbox's worker processes: one that cannot get there is refused up front.
+    wrong = plugin_with("register_expression_helpers", lambda: ["not", "a dict"])
     with pytest.raises(PluginError, match="plugin wrong: register_expression_helpers returned list"):
-        collect_helpers(kernel.plugins)
+        Keystage(keystage_settings, extra_plugins=[("wrong", wrong)])
+    closure = plugin_with("register_expression_helpers", lambda: {"inline": lambda: 1})
+    with pytest.raises(PluginError, match="plugin closure: expression helper 'inline'"):
+        Keystage(keystage_settings, extra_plugins=[("closure", closure)])
 
 
 async def test_raising_before_serving_stops_startup_naming_the_plugin(keystage_settings: Any) -> None:
