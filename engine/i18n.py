@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from babel import Locale, UnknownLocaleError
+from babel.core import get_global
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
@@ -91,10 +92,10 @@ class Catalogs:
         self.locales = sorted({"en", *self._translations})
 
     def translations(self, locale: str) -> NullTranslations:
-        if locale in self._translations:
-            return self._translations[locale]
-        language = locale.split("_", 1)[0]
-        return self._translations.get(language, NullTranslations())
+        for candidate in fallbacks(locale):
+            if candidate in self._translations:
+                return self._translations[candidate]
+        return NullTranslations()
 
     def best(self, candidates: Iterable[str | None]) -> str | None:
         """The first candidate we have a catalog for, trying ``de_DE`` then ``de``."""
@@ -102,12 +103,32 @@ class Catalogs:
             locale = parse_locale(candidate)
             if locale is None:
                 continue
-            if locale in self.locales:
-                return locale
-            language = locale.split("_", 1)[0]
-            if language in self.locales:
-                return language
+            for option in fallbacks(locale):
+                if option in self.locales:
+                    return option
         return None
+
+
+def fallbacks(locale: str) -> list[str]:
+    """``zh_Hant_TW`` → ``[zh_Hant_TW, zh_Hant, zh]``; ``zh_TW`` and ``zh_CN`` gain their script from
+    CLDR's likely subtags (``zh_Hant``, ``zh_Hans``), so browsers sending ``zh-TW`` reach the
+    Traditional catalog. Other locales: ``de_AT`` → ``[de_AT, de]``."""
+    out = [locale]
+    try:
+        parsed = Locale.parse(locale)
+    except (ValueError, TypeError, UnknownLocaleError):
+        return out + [locale.split("_", 1)[0]]
+    script = parsed.script
+    if not script:
+        likely = get_global("likely_subtags")
+        for key in ([f"{parsed.language}_{parsed.territory}"] if parsed.territory else []) + [parsed.language]:
+            if key in likely:
+                script = Locale.parse(likely[key]).script
+                break
+    if script:
+        out.append(f"{parsed.language}_{script}")
+    out.append(parsed.language)
+    return list(dict.fromkeys(out))
 
 
 def accept_language(header: str | None) -> list[str]:
