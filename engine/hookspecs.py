@@ -1,17 +1,24 @@
 """Every hook keystage calls. Each docstring here is the plugin-author documentation.
 
-Conventions:
+docs/plugins/hooks.md is generated from these docstrings (``python docs/plugins/build_hooks.py``)
+and a test keeps the two identical. Conventions:
 
 * Hook names are verb-first. Arguments are keyword-only; a hook gains arguments over
   time and never changes the meaning of one (a plugin may accept fewer arguments than
-  the spec lists: pluggy passes only those it names).
+  the spec lists: pluggy passes only those it names). An argument on its way out keeps
+  working until the next major API version and warns (``KeystageDeprecationWarning``,
+  naming the plugin) when an implementation accepts it.
 * ``register_*`` hooks return a list (or a single item, or ``None``); the kernel
-  collects the answers of every plugin, in plugin order (bundled tuple order, then
-  third-party plugins by name). None of them use ``firstresult``.
+  collects the answers of every plugin, in plugin order: bundled plugins in their tuple
+  order, then third-party plugins by name (``tryfirst=True`` / ``trylast=True`` on a
+  ``hookimpl`` move a plugin ahead of / behind the others). None of them use ``firstresult``.
 * Hooks marked *may be async* may be implemented with ``async def``; the kernel awaits.
+  The others must be plain functions: a coroutine from them is logged and ignored.
 * A hook implementation that raises, or returns something of the wrong type, is logged
   with the plugin's name and treated as if it had answered nothing (fail closed): it
-  never takes the kernel or other plugins down.
+  never takes the kernel or other plugins down. Where an answer nothing would be unsafe
+  (``check_config``, ``before_serving``, expression helpers), the failure stops startup
+  with a line naming the plugin instead.
 """
 
 from __future__ import annotations
@@ -103,7 +110,7 @@ def register_migrations() -> Path | list[Path] | None:
 def register_locales() -> list[tuple[str, Path]] | None:
     """Gettext catalogs this plugin ships: a list of ``(domain, locales_directory)``.
 
-    ``locales_directory`` holds ``<lang>/LC_MESSAGES/<domain>.po`` (or ``.mo``). A plugin's
+    ``locales_directory`` holds ``<lang>/LC_MESSAGES/<domain>.po`` (read as is: no compile step). A plugin's
     domain must be its own: the kernel's ``keystage`` domain cannot be replaced.
 
     Added in: 1.0
