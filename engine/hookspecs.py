@@ -16,7 +16,7 @@ and a test keeps the two identical. Conventions:
   The others must be plain functions: a coroutine from them is logged and ignored.
 * A hook implementation that raises, or returns something of the wrong type, is logged
   with the plugin's name and treated as if it had answered nothing (fail closed): it
-  never takes the kernel or other plugins down. Where an answer nothing would be unsafe
+  never takes the kernel or other plugins down. Where answering nothing would be unsafe
   (``check_config``, ``before_serving``, expression helpers), the failure stops startup
   with a line naming the plugin instead.
 """
@@ -42,11 +42,41 @@ hookimpl = pluggy.HookimplMarker("keystage")
 
 @hookspec
 def register_stage_types() -> list[type] | None:
-    """Stage types this plugin provides.
+    """Stage types this plugin provides: the steps admins put into flows.
 
-    Called once at startup. Return a list of stage classes (subclasses of
-    ``keystage.engine.Stage``), each with a unique ``type_name``. Two plugins
-    registering the same ``type_name`` is a startup error naming both.
+    Called: once per process at startup, before the database is opened.
+
+    Returns: a list of classes (or one class, or ``None``), each a subclass of
+    ``keystage.engine.Stage`` with a ``type_name`` (a string unique across all plugins: the
+    ``type`` admins write in a stage's configuration and the ``component`` of its JSON
+    challenge), a ``Config`` model (a ``StageConfig`` subclass; unknown keys are refused) and,
+    for the HTML face, ``template`` in ``template_folder`` (addressed as
+    ``stages/<type_name>/<template>``, so it never shadows another template).
+
+    Several plugins: every plugin's classes are registered, in plugin order. Two plugins
+    registering the same ``type_name`` is a startup error naming both. An item that is not a
+    ``Stage`` subclass with a string ``type_name`` is logged with the plugin's name and left out;
+    flows using a type that is not registered show "This step is not available".
+
+    Example::
+
+        from keystage.engine import Continue, Stage, StageConfig, hookimpl
+
+        class WelcomeStage(Stage):
+            type_name = "welcome"
+            Config = StageConfig
+            template = "welcome.html"
+            template_folder = Path(__file__).parent / "templates"
+
+            async def challenge(self):
+                return {"text": self.ctx.gettext("Welcome!")}
+
+            async def submit(self, response):
+                return Continue()
+
+        @hookimpl
+        def register_stage_types():
+            return [WelcomeStage]
 
     Added in: 1.0
     """
@@ -54,9 +84,37 @@ def register_stage_types() -> list[type] | None:
 
 @hookspec
 def register_policy_types() -> list[type] | None:
-    """Policy types this plugin provides (classes with a unique ``type_name``).
+    """Policy types this plugin provides: the tests admins bind to flows and stages.
 
-    Called once at startup; the same uniqueness rule as ``register_stage_types``.
+    Called: once per process at startup, before the database is opened.
+
+    Returns: a list of classes (or one class, or ``None``), each a subclass of
+    ``keystage.engine.PolicyType`` with a unique ``type_name``, a ``Config`` model (a
+    ``PolicyConfig`` subclass) and ``async def passes(self, request) -> PolicyResult``.
+    ``request`` is a ``PolicyRequest`` (``user``, which is ``None`` when anonymous, ``request``,
+    ``context``, ``keystage``). Set ``cacheable = True`` only when the answer depends on nothing
+    but the user, the policy's config and what ``cache_key(request)`` returns.
+
+    Several plugins: as for ``register_stage_types``: all registered, a ``type_name`` registered
+    twice is a startup error naming both, wrong items are logged and left out. When a policy
+    raises, times out or returns something else than a ``PolicyResult``, the binding fails
+    closed (its ``failure_result``, false by default) and a ``policy_exception`` event is recorded.
+
+    Example::
+
+        from keystage.engine import N_, PolicyResult, PolicyType, hookimpl
+
+        class WeekdaysPolicy(PolicyType):
+            type_name = "weekdays"
+
+            async def passes(self, request):
+                if datetime.now().weekday() < 5:
+                    return PolicyResult(True)
+                return PolicyResult(False, (N_("Sign-in is closed at weekends."),))
+
+        @hookimpl
+        def register_policy_types():
+            return [WeekdaysPolicy]
 
     Added in: 1.0
     """
@@ -66,7 +124,25 @@ def register_policy_types() -> list[type] | None:
 def register_provider_types() -> list[type] | None:
     """Provider protocol types this plugin provides (OpenID Connect, SAML, ...).
 
-    Called once at startup; the same uniqueness rule as ``register_stage_types``.
+    Called: once per process at startup.
+
+    Returns: a list of classes (or one class, or ``None``), each with a unique ``type_name`` and a
+    pydantic ``Config`` model. In API 1.0 keystage lists the plugin as implementing this hook
+    (``keystage plugins list``) but does not use the classes yet: the provider API (applications,
+    the hand-over at the end of a flow) is not final. Build the protocol's endpoints with
+    ``register_routes`` meanwhile and keep its logic in plain functions.
+
+    Several plugins: the same uniqueness rule as ``register_stage_types`` will apply.
+
+    Example::
+
+        class HelloProvider:
+            type_name = "hello"
+            Config = HelloConfig  # a pydantic model: client_id, redirect_uris, ...
+
+        @hookimpl
+        def register_provider_types():
+            return [HelloProvider]
 
     Added in: 1.0
     """
@@ -74,9 +150,27 @@ def register_provider_types() -> list[type] | None:
 
 @hookspec
 def register_source_types() -> list[type] | None:
-    """Source protocol types (upstream identity providers) this plugin provides.
+    """Source protocol types (upstream identity providers users can sign in with) this plugin provides.
 
-    Called once at startup; the same uniqueness rule as ``register_stage_types``.
+    Called: once per process at startup.
+
+    Returns: a list of classes (or one class, or ``None``), each with a unique ``type_name`` and a
+    pydantic ``Config`` model. In API 1.0 keystage lists the plugin as implementing this hook but
+    does not use the classes yet: the source API (sources an admin configures, linking upstream
+    identities to users) is not final. Build the login and callback endpoints with
+    ``register_routes`` meanwhile.
+
+    Several plugins: the same uniqueness rule as ``register_stage_types`` will apply.
+
+    Example::
+
+        class UpstreamSource:
+            type_name = "upstream"
+            Config = UpstreamConfig  # a pydantic model: authorize_url, client_id, ...
+
+        @hookimpl
+        def register_source_types():
+            return [UpstreamSource]
 
     Added in: 1.0
     """
@@ -84,10 +178,37 @@ def register_source_types() -> list[type] | None:
 
 @hookspec
 def register_routes() -> list[Blueprint] | None:
-    """Quart blueprints to mount on the application.
+    """Quart blueprints with this plugin's HTTP endpoints.
 
-    Called once while the app is created. Every plugin's blueprints are registered;
-    a route that collides with one already registered is a startup error.
+    Called: once each time the app is created (once per worker process).
+
+    Returns: a list of ``quart.Blueprint`` (or one, or ``None``). A third-party plugin's
+    blueprints are mounted under ``/-/plugins/<plugin name>/`` (a blueprint's own ``url_prefix``
+    comes after it), so they can never shadow a route of keystage or of another plugin; use
+    relative ``url_for(".view")`` inside them. A blueprint's ``template_folder`` is reachable as
+    ``<plugin name>/...``, and the package's ``static/`` folder is served at
+    ``/-/plugins/<plugin name>/static/``. Render pages with ``keystage.engine.render_page`` to
+    get keystage's layout and the user's language. Bundled plugins mount as declared
+    (protocols need fixed paths such as ``/.well-known/...``).
+
+    Several plugins: all blueprints are mounted, each plugin under its own prefix (two plugins may
+    use the same blueprint names and paths). A route with the same path and method as one already
+    mounted is a startup error naming both owners. Anything else than a ``Blueprint`` is logged
+    with the plugin's name and left out.
+
+    Example::
+
+        from quart import Blueprint, jsonify
+
+        views = Blueprint("hello", __name__)
+
+        @views.get("/status")            # served at /-/plugins/hello/status
+        async def status():
+            return jsonify({"ok": True})
+
+        @hookimpl
+        def register_routes():
+            return [views]
 
     Added in: 1.0
     """
@@ -97,10 +218,24 @@ def register_routes() -> list[Blueprint] | None:
 def register_migrations() -> Path | list[Path] | None:
     """Directories of numbered SQL migrations (``NNNN_description.sql``) owned by this plugin.
 
-    Called by ``keystage migrate`` and at ``keystage serve`` start. Files are applied in
-    number order, each in its own transaction, and recorded under the plugin's name,
-    so numbers only need to be unique within one plugin. The kernel's own migrations
-    run first, then plugins' in plugin order.
+    Called: by ``keystage migrate`` and when ``keystage serve`` starts (and by the test kit,
+    for every test database).
+
+    Returns: a directory (``Path`` or ``str``), a list of them, or ``None``. Files are applied in
+    number order, each in its own transaction, and recorded under the plugin's name, so numbers
+    only need to be unique within one plugin. Never edit an applied file: add the next number.
+    Name your tables after your plugin (``<name>_...``) so they cannot clash with others'.
+
+    Several plugins: the kernel's own migrations run first, then plugins' in plugin order, all
+    under one advisory lock (concurrent starters queue up). A badly named file, two files with
+    one number, a missing directory or a failing migration stops startup naming the plugin and
+    the file; anything else than a path is logged and left out.
+
+    Example::
+
+        @hookimpl
+        def register_migrations():
+            return Path(__file__).parent / "sql"   # sql/0001_acceptances.sql, ...
 
     Added in: 1.0
     """
@@ -110,8 +245,23 @@ def register_migrations() -> Path | list[Path] | None:
 def register_locales() -> list[tuple[str, Path]] | None:
     """Gettext catalogs this plugin ships: a list of ``(domain, locales_directory)``.
 
-    ``locales_directory`` holds ``<lang>/LC_MESSAGES/<domain>.po`` (read as is: no compile step). A plugin's
-    domain must be its own: the kernel's ``keystage`` domain cannot be replaced.
+    Called: once each time the app is created.
+
+    Returns: a list of ``(domain, directory)`` pairs (or one, or ``None``). ``directory`` holds
+    ``<lang>/LC_MESSAGES/<domain>.po``; keystage reads the ``.po`` files at startup (no compile
+    step: list them as package data). A plugin's domain must be its own (by convention its
+    package name); the kernel's ``keystage`` domain is refused (logged, left out). Every language a
+    plugin has a catalog for is offered by the language switcher.
+
+    Several plugins: all catalogs are loaded and searched after the kernel's: a message keystage
+    translates keeps keystage's translation, and between plugins the first in plugin order wins.
+    Give your strings wording of their own. A catalog that cannot be read is logged and skipped.
+
+    Example::
+
+        @hookimpl
+        def register_locales():
+            return [("keystage_terms", Path(__file__).parent / "locales")]
 
     Added in: 1.0
     """
@@ -121,14 +271,29 @@ def register_locales() -> list[tuple[str, Path]] | None:
 def register_expression_helpers() -> dict[str, Any] | None:
     """Names to offer to admin-written expressions: ``{name: callable_or_value}``.
 
-    Called once at startup. Names must be valid identifiers that do not start with an
-    underscore; a name registered by two plugins is a startup error naming both.
+    Called: once per process at startup.
+
+    Returns: a dict (or ``None``). Names must be valid identifiers that do not start with an
+    underscore and do not shadow a builtin or one of keystage's helpers.
 
     Expressions run in separate sandbox worker processes, so each value must travel there:
     a module-level function importable by its module and name (or the string
     ``"package.module:function"``), or plain JSON data. Anything else (a lambda, a bound
     method, an object) is refused at startup naming the plugin. A helper's arguments and
     its answer are plain data; the answer is frozen before the expression sees it.
+
+    Several plugins: all helpers are offered; a name registered by two plugins is a startup
+    error naming both. An answer that is not a dict stops startup naming the plugin.
+
+    Example::
+
+        # keystage_hr/helpers.py: module level, so the sandbox workers can import it
+        def department_of(username):
+            return DIRECTORY.get(username, "")
+
+        @hookimpl
+        def register_expression_helpers():
+            return {"department_of": department_of, "hr_domains": ["hr.example.com"]}
 
     Added in: 1.0
     """
@@ -138,10 +303,25 @@ def register_expression_helpers() -> dict[str, Any] | None:
 def register_password_hashers(settings: Settings) -> list[PasswordHasher] | None:
     """Password hashers (objects following ``keystage.engine.PasswordHasher``), built from ``settings``.
 
-    The first hasher of the first plugin to answer hashes new passwords (the bundled
-    Argon2id hasher is registered with ``trylast=True`` so that a plugin may replace it);
-    every registered hasher may verify a stored hash it recognises, and a hash made by
-    a hasher other than the first is upgraded at the next successful login.
+    Called: once per process at startup.
+
+    Arguments:
+        ``settings`` — the effective ``Settings`` (for hashing parameters, say).
+
+    Returns: a list of hasher objects (or one, or ``None``).
+
+    Several plugins: the first hasher of the first plugin to answer hashes new passwords (the
+    bundled Argon2id hasher is registered with ``trylast=True`` so that a plugin may replace it);
+    every registered hasher may verify a stored hash it recognises, and a hash made by a hasher
+    other than the first is upgraded at the next successful login. Hashing runs off the event
+    loop. Anything that is not a ``PasswordHasher`` is logged and left out; no hasher at all is
+    a startup error.
+
+    Example::
+
+        @hookimpl(tryfirst=True)
+        def register_password_hashers(settings):
+            return [ScryptHasher(n=2**15)]
 
     Added in: 1.0
     """
@@ -151,10 +331,27 @@ def register_password_hashers(settings: Settings) -> list[PasswordHasher] | None
 def check_config(config: dict[str, Any]) -> list[str] | None:
     """Validate this plugin's configuration.
 
-    ``config`` is the ``[plugin.<name>]`` table of the TOML config file (an empty dict
-    when there is none). Called once at startup, for each enabled plugin with its own
-    table. Return a list of problems, each ``"key: what is wrong"``; any problem stops
-    startup with a line naming the plugin, its version and the key.
+    Called: once per process at startup, for each enabled plugin, before any of its other hooks.
+
+    Arguments:
+        ``config`` — the ``[plugin.<name>]`` table of keystage's TOML config file (an empty dict
+        when there is none). Each plugin receives only its own table.
+
+    Returns: a list of problems, each ``"key: what is wrong"`` (empty, or ``None``, when all is
+    well). The first problem stops startup with one line naming the plugin, its version and the
+    config path (``plugin.<name>.<key>: ...``). A ``[plugin.<name>]`` table for a plugin that is not
+    enabled is an error too. An implementation that raises also stops startup, naming the plugin.
+
+    Several plugins: each checks its own table; the first problem found stops startup.
+
+    Example::
+
+        @hookimpl
+        def check_config(config):
+            url = config.get("url", "")
+            if not str(url).startswith("https://"):
+                return [f"url: expected an https:// URL, got {url!r}"]
+            return []
 
     Added in: 1.0
     """
@@ -164,8 +361,23 @@ def check_config(config: dict[str, Any]) -> list[str] | None:
 def before_serving(app: Quart) -> None:
     """Called in each worker after the database pool is open, before the first request.
 
-    May be async. ``app.extensions["keystage"]`` is the running ``Keystage`` instance.
-    An exception stops the worker's startup with a message naming the plugin.
+    May be async.
+
+    Arguments:
+        ``app`` — the Quart app; ``app.extensions["keystage"]`` is the running ``Keystage``
+        (``.pool``, ``.kv``, ``.settings``, and ``.state``, a dict where a plugin may keep its
+        per-process services under its own name).
+
+    Returns: nothing.
+
+    Several plugins: called in plugin order. An exception stops the worker's startup with a line
+    naming the plugin: a plugin that cannot start does not serve half-initialised.
+
+    Example::
+
+        @hookimpl
+        async def before_serving(app):
+            app.extensions["keystage"].state["hello"] = await HelloClient.connect()
 
     Added in: 1.0
     """
@@ -175,8 +387,23 @@ def before_serving(app: Quart) -> None:
 def after_serving(app: Quart) -> None:
     """Called in each worker at shutdown, before the database pool is closed.
 
-    May be async. Exceptions are logged with the plugin's name and do not stop the
-    shutdown of other plugins.
+    May be async.
+
+    Arguments:
+        ``app`` — the Quart app, as for ``before_serving``.
+
+    Returns: nothing.
+
+    Several plugins: called in plugin order. Exceptions are logged with the plugin's name and do
+    not stop the shutdown of other plugins.
+
+    Example::
+
+        @hookimpl
+        async def after_serving(app):
+            client = app.extensions["keystage"].state.pop("hello", None)
+            if client is not None:
+                await client.close()
 
     Added in: 1.0
     """
@@ -184,13 +411,34 @@ def after_serving(app: Quart) -> None:
 
 @hookspec
 def on_event(event: Event, keystage: Keystage) -> None:
-    """Called for every event recorded in the audit log, after it is stored.
+    """Called for every event recorded in the audit log, right after it is stored.
 
-    ``keystage`` is the running kernel (its pool, key-value store, users), so a listener
-    can keep its own state; accept only the arguments you need.
+    May be async.
 
-    May be async. Runs after the request that caused the event has its answer decided;
-    an exception is logged with the plugin's name and changes nothing else.
+    Arguments:
+        ``event`` — a ``keystage.engine.Event``: ``action`` (``login``, ``login_failed``,
+        ``logout``, ``user_created``, ``user_updated``, ``policy_exception``,
+        ``blueprint_applied``, and what plugins record with ``record_event``), ``user_id``,
+        ``username``, ``client_ip``, ``user_agent``, ``context`` (a dict), ``id``, ``created_at``.
+        ``keystage`` — the running kernel (its pool, key-value store, users), so a listener can
+        keep its own state; accept only the arguments you need.
+
+    Returns: nothing.
+
+    Several plugins: every listener is called, in plugin order, and awaited in the request (or
+    command) that recorded the event: keep it fast, and hand slow work (webhooks, mail) to a
+    queue. When the event is recorded inside a transaction (a blueprint apply), listeners run
+    before that transaction commits. An exception is logged with the plugin's name and changes
+    nothing else: the event stays recorded and the request goes on.
+
+    Example::
+
+        @hookimpl
+        async def on_event(event, keystage):
+            if event.action == "login_failed":
+                await keystage.pool.execute(
+                    "INSERT INTO alerts_failures (username, at) VALUES ($1, $2)",
+                    event.username, event.created_at)
 
     Added in: 1.0
     """
