@@ -215,9 +215,27 @@ class _PolicyFields(_Fields):
     config: dict[str, Any] | None = None
 
 
+class _ProviderFields(_Fields):
+    name: Text | None = None
+    type: Text | None = None
+    config: dict[str, Any] | None = None
+
+
+class _ApplicationFields(_Fields):
+    slug: Slug | None = None
+    name: Text | None = None
+    description: str | None = None
+    launch_url: str | None = None
+    icon: str | None = None
+    group: str | None = None
+    provider: int | None = None
+    policy_engine_mode: Literal["all", "any"] | None = None
+
+
 class _PolicyBindingFields(_Fields):
     flow: int | None = None
     stage_binding: int | None = None
+    application: int | None = None
     policy: int | None = None
     user: int | None = None
     group: int | None = None
@@ -274,7 +292,7 @@ class _Spec:
         return [f for f in self.fields.model_fields if f not in self.identifier_only]
 
 
-_TARGETS = ("flow", "stage_binding")
+_TARGETS = ("flow", "stage_binding", "application")
 _SUBJECTS = ("policy", "user", "group")
 
 MODELS: dict[str, _Spec] = {spec.name: spec for spec in (
@@ -284,14 +302,17 @@ MODELS: dict[str, _Spec] = {spec.name: spec for spec in (
           ("flow", "stage", "order"), refs={"flow": "flow", "stage": "stage"}),
     _Spec("policy", "policies", _PolicyFields, ("name",), ("name", "type"), natural_key="name", touch=True),
     _Spec("policy_binding", "policy_bindings", _PolicyBindingFields, _TARGETS + _SUBJECTS, (),
-          refs={"flow": "flow", "stage_binding": "flow_stage_binding", "policy": "policy", "user": "user",
-                "group": "group"},
+          refs={"flow": "flow", "stage_binding": "flow_stage_binding", "application": "application",
+                "policy": "policy", "user": "user", "group": "group"},
           nullable=frozenset(_TARGETS + _SUBJECTS), identifier_only=frozenset(_TARGETS + _SUBJECTS)),
     _Spec("user", "users", _UserFields, ("username",), ("username",), natural_key="username",
           case_insensitive=frozenset({"username"}), nullable=frozenset({"email", "password_hash"}),
           virtual=frozenset({"password", "groups"})),
     _Spec("group", "groups", _GroupFields, ("name",), ("name",), refs={"parent": "group"}, natural_key="name",
           case_insensitive=frozenset({"name"}), nullable=frozenset({"parent"})),
+    _Spec("provider", "providers", _ProviderFields, ("name",), ("name", "type"), natural_key="name", touch=True),
+    _Spec("application", "applications", _ApplicationFields, ("slug",), ("slug", "name"), refs={"provider": "provider"},
+          natural_key="slug", nullable=frozenset({"launch_url", "icon", "provider"}), touch=True),
 )}
 
 
@@ -665,6 +686,15 @@ class _Applier:
                 known = ", ".join(sorted(self.keystage.stage_types)) or "none registered"
                 raise _EntryError("type", f"unknown stage type {type_name!r} (known: {known})")
             values["config"] = _validated_config(stage_type, values.get("config", current.get("config", {})))
+        elif spec.name == "provider" and ("type" in values or "config" in values):
+            from .applications import provider_types
+
+            types = provider_types(self.keystage)
+            type_name = values.get("type", current.get("type"))
+            if type_name not in types:
+                known = ", ".join(sorted(types)) or "none registered"
+                raise _EntryError("type", f"unknown provider type {type_name!r} (known: {known})")
+            values["config"] = _validated_config(types[type_name], values.get("config", current.get("config", {})))
         elif spec.name == "policy" and ("type" in values or "config" in values):
             types = getattr(self.keystage, "policy_types", None)
             if types is None:
@@ -808,6 +838,8 @@ async def export(keystage: Keystage, *, include_password_hashes: bool = False) -
             *await _export_simple(conn, "flow", "SELECT * FROM flows ORDER BY slug"),
             *await _export_simple(conn, "stage", "SELECT * FROM stages ORDER BY name"),
             *await _export_simple(conn, "policy", "SELECT * FROM policies ORDER BY name"),
+            *await _export_simple(conn, "provider", "SELECT * FROM providers ORDER BY name"),
+            *await _export_applications(conn),
             *await _export_stage_bindings(conn),
             *await _export_policy_bindings(conn),
         ]
@@ -902,23 +934,38 @@ async def _export_stage_bindings(conn: asyncpg.Connection) -> list[dict[str, Any
     ]
 
 
+async def _export_applications(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch("""SELECT a.*, p.name AS provider_name FROM applications a
+                               LEFT JOIN providers p ON p.id = a.provider_id ORDER BY a.slug""")
+    return [
+        _entry_dict("application", {"slug": r["slug"]}, {
+            "name": r["name"], "description": r["description"], "launch_url": r["launch_url"], "icon": r["icon"],
+            "group": r["group"], "policy_engine_mode": r["policy_engine_mode"],
+            "provider": Find("provider", {"name": r["provider_name"]}) if r["provider_name"] else None})
+        for r in rows
+    ]
+
+
 async def _export_policy_bindings(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT pb.*, coalesce(f.slug, bf.slug) AS flow_slug, s.name AS stage_name, b."order" AS binding_order,
-                  p.name AS policy_name, u.username, g.name AS group_name
+                  p.name AS policy_name, u.username, g.name AS group_name, a.slug AS application_slug
            FROM policy_bindings pb
+           LEFT JOIN applications a ON a.id = pb.application_id
            LEFT JOIN flows f ON f.id = pb.flow_id
            LEFT JOIN flow_stage_bindings b ON b.id = pb.stage_binding_id
            LEFT JOIN flows bf ON bf.id = b.flow_id LEFT JOIN stages s ON s.id = b.stage_id
            LEFT JOIN policies p ON p.id = pb.policy_id LEFT JOIN users u ON u.id = pb.user_id
            LEFT JOIN groups g ON g.id = pb.group_id
-           ORDER BY flow_slug, pb.stage_binding_id IS NOT NULL, binding_order, stage_name, pb."order",
+           ORDER BY application_slug NULLS FIRST, flow_slug, pb.stage_binding_id IS NOT NULL, binding_order, stage_name, pb."order",
                     policy_name, lower(u.username), lower(g.name)""")
     out = []
     for r in rows:
         identifiers: dict[str, Any] = {}
         if r["flow_id"] is not None:
             identifiers["flow"] = _find_flow(r["flow_slug"])
+        elif r["application_id"] is not None:
+            identifiers["application"] = Find("application", {"slug": r["application_slug"]})
         else:
             identifiers["stage_binding"] = _find_stage_binding(r["flow_slug"], r["stage_name"], r["binding_order"])
         if r["policy_id"] is not None:

@@ -68,19 +68,24 @@ BINDING_COLUMNS = """b.id, b."order", b.enabled, b.negate, b.timeout, b.failure_
                      p.name AS policy_name, p.type AS policy_type, p.config AS policy_config"""
 
 
-async def bindings_for(keystage: Keystage, *, flow_id: int | None = None,
-                       stage_binding_ids: list[int] | None = None) -> dict[tuple[str, int], list[Binding]]:
-    """Bindings of a flow and/or stage bindings, in one query, keyed by (kind, id)."""
+async def bindings_for(keystage: Keystage, *, flow_id: int | None = None, stage_binding_ids: list[int] | None = None,
+                       application_ids: list[int] | None = None) -> dict[tuple[str, int], list[Binding]]:
+    """Bindings of a flow, stage bindings and/or applications, in one query, keyed by (kind, id)."""
     rows = await keystage.pool.fetch(
-        f"""SELECT {BINDING_COLUMNS}, b.flow_id, b.stage_binding_id
+        f"""SELECT {BINDING_COLUMNS}, b.flow_id, b.stage_binding_id, b.application_id
             FROM policy_bindings b LEFT JOIN policies p ON p.id = b.policy_id
-            WHERE b.flow_id = $1 OR b.stage_binding_id = ANY($2::bigint[])
+            WHERE b.flow_id = $1 OR b.stage_binding_id = ANY($2::bigint[]) OR b.application_id = ANY($3::bigint[])
             ORDER BY b."order", b.id""",
-        flow_id, stage_binding_ids or [],
+        flow_id, stage_binding_ids or [], application_ids or [],
     )
     out: dict[tuple[str, int], list[Binding]] = {}
     for row in rows:
-        key = ("flow", row["flow_id"]) if row["flow_id"] is not None else ("stage_binding", row["stage_binding_id"])
+        if row["flow_id"] is not None:
+            key = ("flow", row["flow_id"])
+        elif row["stage_binding_id"] is not None:
+            key = ("stage_binding", row["stage_binding_id"])
+        else:
+            key = ("application", row["application_id"])
         out.setdefault(key, []).append(Binding.from_row(row))
     return out
 
