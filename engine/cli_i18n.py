@@ -42,10 +42,21 @@ def _domain_options(func: F) -> F:
              "instead of keystage's own.")(func)
 
 
-def _where(domain_dir: Path | None, domain: str | None) -> tuple[Path, str, Path]:
-    """(catalog folder, domain, base for printing paths)."""
+def _where(domain_dir: Path | None, domain: str | None, *, read_only: bool = False) -> tuple[Path, str, Path]:
+    """(catalog folder, domain, base for printing paths).
+
+    Reading (check, stats) works on an installed copy too: its catalogs ship as package
+    data. Writing needs the source checkout."""
     if domain_dir is None:
-        root = i18n_tools.source_root()
+        if read_only:
+            try:
+                root = i18n_tools.source_root()
+            except i18n_tools.I18nToolError:
+                from .i18n import LOCALES_DIR
+
+                return LOCALES_DIR, domain or DOMAIN, LOCALES_DIR.parent
+        else:
+            root = i18n_tools.source_root()
         return root / "locales", domain or DOMAIN, root
     return domain_dir, domain or i18n_tools.guess_domain(domain_dir), Path.cwd()
 
@@ -100,7 +111,7 @@ def compile_(domain_dir: Path | None, domain: str | None) -> None:
 @_errors
 def check(domain_dir: Path | None, domain: str | None, locales: tuple[str, ...]) -> None:
     """Fail (exit 1), listing file:line, on anything wrong in the shipped catalogs."""
-    folder, domain, base = _where(domain_dir, domain)
+    folder, domain, base = _where(domain_dir, domain, read_only=True)
     problems = i18n_tools.check(folder, domain, locales=locales or None)
     checked = sorted(locales) if locales else sorted(i18n_tools.catalog_paths(folder, domain))
     for problem in problems:
@@ -119,7 +130,7 @@ def check(domain_dir: Path | None, domain: str | None, locales: tuple[str, ...])
 @_errors
 def stats(domain_dir: Path | None, domain: str | None, locales: tuple[str, ...], fmt: str) -> None:
     """Per locale: translated %, fuzzy and missing entries."""
-    folder, domain, _ = _where(domain_dir, domain)
+    folder, domain, _ = _where(domain_dir, domain, read_only=True)
     rows = i18n_tools.stats(folder, domain, locales=locales or None)
     if fmt == "json":
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
