@@ -7,6 +7,7 @@ changes only as ``API_VERSION`` says (see docs/plugins/README.md). The test kit 
 
 from __future__ import annotations
 
+from .applications import ProviderConfig, ProviderType
 from .config import Settings
 from .errors import ConfigError, KeystageError, PluginError, StartupError
 from .events import Event
@@ -52,6 +53,8 @@ __all__ = [
     "PolicyRequest",
     "PolicyResult",
     "PolicyType",
+    "ProviderConfig",
+    "ProviderType",
     "REDIRECT",
     "REMEMBER_ME",
     "Redirect",

@@ -124,21 +124,31 @@ def register_policy_types() -> list[type] | None:
 def register_provider_types() -> list[type] | None:
     """Provider protocol types this plugin provides (OpenID Connect, SAML, ...).
 
-    Called: once per process at startup.
+    Called: once per process, the first time keystage needs the provider types (applying a
+    blueprint with a ``provider`` entry, say).
 
-    Returns: a list of classes (or one class, or ``None``), each with a unique ``type_name`` and a
-    pydantic ``Config`` model. In API 1.0 keystage lists the plugin as implementing this hook
-    (``keystage plugins list``) but does not use the classes yet: the provider API (applications,
-    the hand-over at the end of a flow) is not final. Build the protocol's endpoints with
-    ``register_routes`` meanwhile and keep its logic in plain functions.
+    Returns: a list of classes (or one class, or ``None``), each a subclass of
+    ``keystage.engine.ProviderType`` with a unique ``type_name`` (what admins write as a
+    provider's ``type``) and a ``Config`` model (a ``ProviderConfig`` subclass), against which
+    every configured provider's ``config`` is validated. How a flow's end hands the user over
+    to a provider is not final in API 1.0: serve the protocol's endpoints with
+    ``register_routes`` and keep its logic in plain functions.
 
-    Several plugins: the same uniqueness rule as ``register_stage_types`` will apply.
+    Several plugins: as for ``register_stage_types``: a ``type_name`` registered twice is an
+    error naming both (raised when the types are collected); anything else than a
+    ``ProviderType`` subclass is logged and left out.
 
     Example::
 
-        class HelloProvider:
+        from keystage.engine import ProviderConfig, ProviderType, hookimpl
+
+        class HelloConfig(ProviderConfig):
+            client_id: str
+            redirect_uris: list[pydantic.AnyHttpUrl]
+
+        class HelloProvider(ProviderType):
             type_name = "hello"
-            Config = HelloConfig  # a pydantic model: client_id, redirect_uris, ...
+            Config = HelloConfig
 
         @hookimpl
         def register_provider_types():
