@@ -97,3 +97,23 @@ async def test_the_terms_stage_in_a_flow(keystage_app: Any, flow: FlowDriver, us
         "SELECT owner FROM keystage_migrations WHERE owner = 'terms' AND number = 1") == "terms"
     events = await kernel.pool.fetch("SELECT action FROM events WHERE user_id = $1 ORDER BY id", user.id)
     assert [e["action"] for e in events][-2:] == ["terms_accepted", "login"]
+
+
+async def test_the_stage_tutorials_blueprint_puts_it_into_the_default_login(
+    keystage_app: Any, flow: FlowDriver, user_factory: Any, apply_blueprint: Any
+) -> None:
+    from keystage.engine.blueprints import apply_defaults
+
+    tutorial = (EXAMPLE.parent.parent / "plugins" / "tutorial-stage.md").read_text()
+    blueprint = tutorial.split("```yaml\n# terms.yaml\n", 1)[1].split("```", 1)[0]
+    await apply_defaults(keystage_app.extensions["keystage"])
+    await apply_blueprint(blueprint)
+    await user_factory("erin", password=PASSWORD)
+    await flow.start("default-authentication-flow", locale="fr")
+    await flow.submit(uid_field="erin")
+    challenge = await flow.submit(password=PASSWORD)
+    assert (challenge["component"], challenge["terms_version"]) == ("terms", "2024-06")
+    await flow.submit(accept=False)
+    assert flow.errors["accept"][0]["message"] == "Veuillez accepter les conditions d’utilisation pour continuer."
+    assert (await flow.submit(accept=True))["component"] == "user_login"
+    assert (await flow.submit())["component"] == "redirect"
