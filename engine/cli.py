@@ -226,3 +226,7 @@ main.add_command(i18n)
 from .cli_plugin import plugin  # noqa: E402
 
 main.add_command(plugin)
+
+from .cli_security import security  # noqa: E402
+
+main.add_command(security)

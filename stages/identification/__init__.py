@@ -16,6 +16,7 @@ from keystage.engine import events
 from keystage.engine.flow_context import AUTHENTICATED_BY, PENDING_IDENTIFIER, PENDING_USER
 from keystage.engine.hookspecs import hookimpl
 from keystage.engine.stage import Continue, FieldError, Invalid, Stage, StageConfig, StageResult
+from keystage.engine.throttle import throttle_of
 
 MAX_IDENTIFIER = 254
 
@@ -81,9 +82,17 @@ class IdentificationStage(Stage):
         password = response.get("password")
         if not isinstance(password, str) or password == "":
             return Invalid({"password": [FieldError("required", self.ctx.gettext("Please enter your password."))]})
+        throttle = throttle_of(self.ctx.keystage)
+        attempt = await throttle.check(username=uid, ip=self.ctx.request.client_ip,
+                                       user_id=user.id if known and user else None)
+        if attempt.blocked:
+            return Invalid({"password": [FieldError("throttled", self.ctx.gettext(
+                "Too many failed attempts. Please try again later."))]})
         if await self.ctx.keystage.users.check_password(user if known else None, password):
+            await throttle.succeeded(attempt)
             self.ctx.plan.set(AUTHENTICATED_BY, [*(self.ctx.plan.get(AUTHENTICATED_BY) or []), "password"])
             return Continue()
+        await throttle.failed(attempt)
         self.ctx.count_failure()
         await events.record(self.ctx.keystage, events.Event(
             "login_failed", user_id=user.id if known and user else None, username=uid,

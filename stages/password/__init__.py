@@ -17,6 +17,7 @@ from keystage.engine import events
 from keystage.engine.flow_context import AUTHENTICATED_BY, PENDING_IDENTIFIER, PENDING_USER
 from keystage.engine.hookspecs import hookimpl
 from keystage.engine.stage import Cancel, Continue, Deny, FieldError, Invalid, Stage, StageConfig, StageResult
+from keystage.engine.throttle import throttle_of
 
 MAX_PASSWORD = 1024
 
@@ -45,9 +46,18 @@ class PasswordStage(Stage):
         if not isinstance(password, str) or password == "":
             return Invalid({"password": [FieldError("required", self.ctx.gettext("Please enter your password."))]})
         user = await self.ctx.keystage.users.get(user_id) if user_id else None
+        # Counted by what was typed, account or not: the same delays and message for everyone.
+        throttle = throttle_of(self.ctx.keystage)
+        attempt = await throttle.check(username=identifier or (user.username if user else None),
+                                       ip=self.ctx.request.client_ip, user_id=user.id if user else None)
+        if attempt.blocked:
+            return Invalid({"password": [FieldError("throttled", self.ctx.gettext(
+                "Too many failed attempts. Please try again later."))]})
         if await self.ctx.keystage.users.check_password(user, password[:MAX_PASSWORD]):
+            await throttle.succeeded(attempt)
             self.ctx.plan.set(AUTHENTICATED_BY, [*(self.ctx.plan.get(AUTHENTICATED_BY) or []), "password"])
             return Continue()
+        await throttle.failed(attempt)
         failures = self.ctx.count_failure()
         await events.record(self.ctx.keystage, events.Event(
             "login_failed", user_id=user.id if user else None, username=identifier or (user.username if user else None),
