@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from quart import Blueprint, render_template
 
-from keystage.engine import (Continue, Event, PluginError, PolicyResult, PolicyType, Stage, hookimpl,
+from keystage.engine import (Continue, Event, PluginError, PolicyResult, PolicyType, ProviderType, Stage, hookimpl,
                              record_event)
 from keystage.engine.app import create_app
+from keystage.engine.applications import provider_types
 from keystage.engine.runtime import Keystage
 from keystage.engine.sandbox import collect_helpers
 from keystage.engine.templates import WEB_TEMPLATES
@@ -48,6 +49,10 @@ class GoodPolicy(PolicyType):
 
     async def passes(self, request: Any) -> PolicyResult:
         return PolicyResult(True)
+
+
+class GoodProvider(ProviderType):
+    type_name = "good_provider"
 
 
 def good_helper(value: int) -> int:
@@ -80,6 +85,10 @@ def make_good(tmp_path: Path) -> types.ModuleType:
         return [GoodPolicy]
 
     @hookimpl
+    def register_provider_types() -> list[type]:
+        return [GoodProvider]
+
+    @hookimpl
     def register_routes() -> list[Blueprint]:
         return [bp]
 
@@ -103,7 +112,7 @@ def make_good(tmp_path: Path) -> types.ModuleType:
     def after_serving() -> None:
         good.stopped = True  # type: ignore[attr-defined]
 
-    for function in (register_stage_types, register_policy_types, register_routes, register_locales,
+    for function in (register_stage_types, register_policy_types, register_provider_types, register_routes, register_locales,
                      register_migrations, register_expression_helpers, on_event, after_serving):
         setattr(good, function.__name__, function)
     return good
@@ -111,6 +120,7 @@ def make_good(tmp_path: Path) -> types.ModuleType:
 
 async def assert_good_works(app: Any, kernel: Keystage, good: types.ModuleType) -> None:
     assert "good_stage" in kernel.stage_types and "good_policy" in kernel.policy_types
+    assert "good_provider" in provider_types(kernel)
     response = await app.test_client().get("/-/plugins/good/hello")
     assert response.status_code == 200 and await response.get_data(as_text=True) == "good hello"
     assert app.extensions["keystage_catalogs"].translations("de").gettext("Good morning") == "Guten Morgen"
@@ -133,9 +143,9 @@ def boom() -> Any:
     raise RuntimeError("boom from the broken plugin")
 
 
-HOOKS = ["register_stage_types", "register_policy_types", "register_routes", "register_locales",
-         "register_migrations", "register_expression_helpers", "register_password_hashers", "on_event",
-         "after_serving"]
+HOOKS = ["register_stage_types", "register_policy_types", "register_provider_types", "register_routes",
+         "register_locales", "register_migrations", "register_expression_helpers", "register_password_hashers",
+         "on_event", "after_serving"]
 
 
 async def run_with(settings: Any, plugins: list[tuple[str, object]], good: types.ModuleType) -> None:
@@ -159,6 +169,7 @@ async def test_a_raising_hook_is_logged_by_name_and_others_still_work(
 WRONG_ANSWERS = [
     ("register_stage_types", lambda: [object, "identification", GoodPolicy], "not a stage class"),
     ("register_policy_types", lambda: [GoodStage, 42], "not a policy class"),
+    ("register_provider_types", lambda: [GoodPolicy, "oidc"], "not a provider class"),
     ("register_routes", lambda: ["/evil", object()], "not a Quart Blueprint"),
     ("register_locales", lambda: [("keystage", "/tmp"), "de"], "not a (domain, directory) pair"),
     ("register_migrations", lambda: [42, None], "not a directory path"),
