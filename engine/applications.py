@@ -175,3 +175,50 @@ async def _binding_results(keystage: Keystage, bindings: dict[tuple[str, int], l
         result = await policy_engine.evaluate(keystage, [binding], "all", _policy_request(keystage, None, user, request))
         outcome[binding.id] = result.passing
     return outcome
+
+
+# -- authorization requests in progress ---------------------------------------------------------
+#
+# A provider (OIDC, ...) that needs the user to pass its authorization flow keeps the request in
+# the session under an unguessable id and sends the user through the flow with
+# ``next=<its continue URL>?r=<id>``. The flow's consent stage finds the request from the plan's
+# redirect target and marks it granted; the provider's continue URL issues nothing for a request
+# that is not marked. Each record is a dict: ``application`` (slug), ``application_name``,
+# ``scopes``, ``descriptions`` (msgids), ``prompt`` (list), ``deny_url`` / ``consent_required_url``
+# (where to send the user on refusal / when asking is not allowed), ``granted``.
+
+AUTHORIZATION_REQUESTS = "authorization_requests"
+MAX_PENDING = 10
+
+
+def pending_authorizations(session: Any) -> dict[str, dict[str, Any]]:
+    found = session.get(AUTHORIZATION_REQUESTS)
+    return found if isinstance(found, dict) else {}
+
+
+def add_pending_authorization(session: Any, request_id: str, record: dict[str, Any]) -> None:
+    pending = pending_authorizations(session)
+    while len(pending) >= MAX_PENDING:  # oldest first (dicts keep insertion order)
+        pending.pop(next(iter(pending)))
+    pending[request_id] = record
+    session[AUTHORIZATION_REQUESTS] = pending
+
+
+def pending_authorization_for(session: Any, redirect: str | None) -> tuple[str, dict[str, Any]] | None:
+    """The request a flow is running for, from the flow's redirect target (``...?r=<id>``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if not redirect:
+        return None
+    ids = parse_qs(urlsplit(redirect).query).get("r") or []
+    pending = pending_authorizations(session)
+    if len(ids) != 1 or ids[0] not in pending:
+        return None
+    return ids[0], pending[ids[0]]
+
+
+def grant_pending_authorization(session: Any, request_id: str) -> None:
+    pending = pending_authorizations(session)
+    if request_id in pending:
+        pending[request_id]["granted"] = True
+        session[AUTHORIZATION_REQUESTS] = pending

@@ -568,7 +568,8 @@ async def test_a_failing_default_applies_nothing(kernel: Keystage, defaults_dire
 def test_shipped_defaults_are_well_formed() -> None:
     loaded = {path.name: load(path) for path in sorted(DEFAULTS_DIRECTORY.glob("*.yaml"))}
     assert {b.name for b in loaded.values()} == {
-        "default-authentication-flow", "default-invalidation-flow", "default-enrollment-flow", "initial-setup"}
+        "default-authentication-flow", "default-invalidation-flow", "default-enrollment-flow", "initial-setup",
+        "default-provider-authorization-flows"}
     for name, blueprint in loaded.items():
         assert name == f"{blueprint.name}.yaml"
         assert {e.state for e in blueprint.entries} == {"created"}
@@ -577,7 +578,7 @@ def test_shipped_defaults_are_well_formed() -> None:
 async def test_shipped_defaults_apply_with_the_bundled_stage_types(keystage: Keystage) -> None:
     applied = await apply_defaults(keystage)
     assert sorted(applied) == ["default-authentication-flow", "default-enrollment-flow", "default-invalidation-flow",
-                               "initial-setup"]
+                               "default-provider-authorization-flows", "initial-setup"]
     assert await apply_defaults(keystage) == []
     flows = {r["slug"]: (r["designation"], r["title"], r["denied_action"])
              for r in await keystage.pool.fetch("SELECT * FROM flows")}
@@ -586,6 +587,8 @@ async def test_shipped_defaults_apply_with_the_bundled_stage_types(keystage: Key
         "default-invalidation-flow": ("invalidation", "", "message"),
         "default-enrollment-flow": ("enrollment", "Create your account", "message"),
         "initial-setup": ("stage_configuration", "Welcome to keystage! Create the first administrator.", "message"),
+        "default-provider-authorization-explicit-consent": ("authorization", "", "message"),
+        "default-provider-authorization-implicit-consent": ("authorization", "", "message"),
     }
     rows = await keystage.pool.fetch(
         """SELECT f.slug, b."order", s.name, s.type FROM flow_stage_bindings b JOIN flows f ON f.id = b.flow_id
@@ -598,6 +601,8 @@ async def test_shipped_defaults_apply_with_the_bundled_stage_types(keystage: Key
         ("default-enrollment-flow", 20, "default-enrollment-user-write", "user_write"),
         ("default-enrollment-flow", 100, "default-enrollment-login", "user_login"),
         ("default-invalidation-flow", 0, "default-invalidation-logout", "user_logout"),
+        ("default-provider-authorization-explicit-consent", 0, "default-provider-authorization-consent", "consent"),
+        ("default-provider-authorization-implicit-consent", 0, "default-provider-authorization-implicit", "consent"),
         ("initial-setup", 10, "initial-setup-prompt", "prompt"),
         ("initial-setup", 20, "initial-setup-user-write", "user_write"),
         ("initial-setup", 100, "initial-setup-login", "user_login"),

@@ -1,0 +1,1 @@
+"""Bundled provider protocol plugins (OpenID Connect, ...)."""

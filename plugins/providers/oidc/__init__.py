@@ -1,0 +1,32 @@
+"""OpenID Connect provider: discovery, JWKS, authorization code (+PKCE), refresh, client credentials, userinfo.
+
+Modules: ``config`` (the provider type and its settings), ``keys`` (signing keys), ``authorize``
+(checking authorization requests), ``tokens`` (codes and tokens), ``claims`` (claims per scope and
+property mappings), ``endpoints`` (HTTP glue), ``cli`` (``keystage keys``). See docs/admin/oidc.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from keystage.engine.hookspecs import hookimpl
+
+from .config import OIDCProvider
+
+
+@hookimpl
+def register_provider_types() -> list[type]:
+    return [OIDCProvider]
+
+
+@hookimpl
+def register_routes() -> list[Any]:
+    from .endpoints import oidc_routes
+
+    return [oidc_routes]
+
+
+@hookimpl
+def register_migrations() -> Path:
+    return Path(__file__).parent / "sql"

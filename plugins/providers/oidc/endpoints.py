@@ -1,0 +1,377 @@
+"""HTTP glue of the OIDC provider: discovery, JWKS, authorize, token, userinfo.
+
+The protocol decisions (what is valid, what is issued) are in ``authorize.py``, ``tokens.py`` and
+``claims.py``; this module reads requests and writes answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+import time
+from typing import Any
+from urllib.parse import unquote_plus, urlencode
+
+from authlib.oauth2.rfc6749 import errors as oauth_errors
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from quart import Blueprint, Response, g, jsonify, redirect, render_template, request
+
+from keystage.engine import applications, i18n, web_context
+from keystage.engine.flows import load_flow, slug_for_designation
+
+from . import authorize as authz
+from . import claims as claims_module
+from . import tokens
+from .keys import keyring
+
+oidc_routes = Blueprint("keystage_oidc", __name__)
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def issuer() -> str:
+    # The issuer is KEYSTAGE_EXTERNAL_URL exactly (see docs/admin/oidc.md for the trailing-slash rule).
+    return str(web_context.keystage().settings.external_url)
+
+
+def _base() -> str:
+    return issuer().rstrip("/")
+
+
+@oidc_routes.get("/.well-known/openid-configuration")
+async def discovery() -> Any:
+    base = _base()
+    body = {
+        "issuer": issuer(),
+        "authorization_endpoint": f"{base}/oauth2/authorize",
+        "token_endpoint": f"{base}/oauth2/token",
+        "userinfo_endpoint": f"{base}/oauth2/userinfo",
+        "jwks_uri": f"{base}/oauth2/jwks",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "profile", "email", "groups", "offline_access"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "preferred_username",
+                             "locale", "email", "email_verified", "groups"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "authorization_response_iss_parameter_supported": True,
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+    }
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@oidc_routes.get("/oauth2/jwks")
+async def jwks() -> Any:
+    response = jsonify(await keyring(web_context.keystage()).jwks())
+    # Short: a rotated key is published ahead of use by more than this (keystage keys rotate).
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+# -- authorize ------------------------------------------------------------------------------------
+
+
+async def _error_page(status: int = 400) -> Any:
+    t = web_context.translations()
+    context = {**web_context.template_globals(), "message": t.gettext(
+        "This sign-in request is not valid. Please go back to the application and try again.")}
+    body = await render_template("access_denied.html", **context, flow={}, challenge={}, messages=[])
+    response = Response(body, status=status, content_type="text/html; charset=utf-8")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def _denied_page() -> Any:
+    t = web_context.translations()
+    context = {**web_context.template_globals(),
+               "message": t.gettext("You are not allowed to use this application.")}
+    body = await render_template("access_denied.html", **context, flow={}, challenge={}, messages=[])
+    response = Response(body, status=403, content_type="text/html; charset=utf-8")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@oidc_routes.route("/oauth2/authorize", methods=["GET", "POST"])
+async def authorize() -> Any:
+    keystage = web_context.keystage()
+    params = dict((await request.form) if request.method == "POST" else request.args)
+    checked = await authz.check_request(keystage, params, issuer())
+    if isinstance(checked, authz.Refused):
+        return await _error_page()
+    if isinstance(checked, authz.ClientError):
+        return redirect(checked.url, 302)
+    pending = checked
+    if pending.ui_locales:  # feeds the locale chain like ?locale= would
+        best = web_context.catalogs().best(pending.ui_locales)
+        if best:
+            g.session[i18n.LOCALE_SESSION_KEY] = best
+    request_id = secrets.token_urlsafe(16)
+    record = pending.as_record()
+    # prompt=login: only a sign-in that happens from now on counts (session created_at moves at login).
+    record["login_after"] = time.time() if "login" in pending.prompt else 0.0
+    applications.add_pending_authorization(g.session, request_id, record)
+    return await _continue(request_id, first=True)
+
+
+@oidc_routes.get("/oauth2/authorize/continue")
+async def authorize_continue() -> Any:
+    return await _continue(request.args.get("r", ""), first=False)
+
+
+async def _continue(request_id: str, *, first: bool) -> Any:
+    keystage = web_context.keystage()
+    record = applications.pending_authorizations(g.session).get(request_id)
+    if record is None:
+        return await _error_page()
+    prompt = record["prompt"]
+    user = await keystage.users.get(g.session.user_id) if g.session.user_id is not None else None
+    if user is not None and not user.is_active:
+        user = None
+    auth_time = g.session.created_at
+    fresh_enough = (user is not None and auth_time >= record["login_after"]
+                    and (record["max_age"] is None or time.time() - auth_time <= record["max_age"]))
+    continue_url = f"/oauth2/authorize/continue?{urlencode({'r': request_id})}"
+    if not fresh_enough:
+        if "none" in prompt:
+            return _finish_with_error(request_id, record, "login_required")
+        slug = await slug_for_designation(keystage, "authentication")
+        if slug is None:
+            return await _error_page(503)
+        if user is not None:  # signed in, but too long ago (max_age) or prompt=login: sign in again
+            record["login_after"] = max(record["login_after"], time.time() - 1)
+            _save(request_id, record)
+        return redirect(f"/flows/{slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
+    client = await tokens.find_client(keystage, record["client_id"])
+    if client is None or client.application_id is None:
+        return await _error_page()
+    app = await applications.get_application(keystage, id=client.application_id)
+    assert app is not None
+    access = await applications.check_access(keystage, app, user, web_context.request_info())
+    if not access.passing:
+        applications.pending_authorizations(g.session).pop(request_id, None)
+        g.session.modified = True
+        if "none" in prompt:
+            return redirect(record["deny_url"], 302)
+        return await _denied_page()
+    if not record.get("granted"):
+        flow = await load_flow(keystage, client.config.authorization_flow)
+        if flow is None:
+            return await _error_page(503)
+        return redirect(f"/flows/{flow.slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
+    applications.pending_authorizations(g.session).pop(request_id, None)
+    g.session.modified = True
+    code = await tokens.create_code(
+        keystage, client, user_id=user.id, redirect_uri=record["redirect_uri"], scope=" ".join(record["scopes"]),
+        nonce=record["nonce"], code_challenge=record["code_challenge"], auth_time=auth_time)
+    return redirect(authz.response_url(record["redirect_uri"], {"code": code, "state": record["state"],
+                                                                "iss": issuer()}), 302)
+
+
+def _save(request_id: str, record: dict[str, Any]) -> None:
+    pending = applications.pending_authorizations(g.session)
+    pending[request_id] = record
+    g.session[applications.AUTHORIZATION_REQUESTS] = pending
+
+
+def _finish_with_error(request_id: str, record: dict[str, Any], error: str) -> Any:
+    applications.pending_authorizations(g.session).pop(request_id, None)
+    g.session.modified = True
+    return redirect(authz.response_url(record["redirect_uri"], {"error": error, "state": record["state"],
+                                                                "iss": issuer()}), 302)
+
+
+# -- token ------------------------------------------------------------------------------------------
+
+
+def _oauth_error(error: oauth_errors.OAuth2Error, *, basic: bool = False) -> Response:
+    body = {"error": error.error}
+    if error.description:
+        body["error_description"] = error.description
+    response = jsonify(body)
+    response.status_code = error.status_code
+    response.headers.update(NO_STORE)
+    if error.status_code == 401 and basic:
+        response.headers["WWW-Authenticate"] = 'Basic realm="keystage"'
+    return response
+
+
+def _basic_credentials() -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    if not header[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+        client_id, secret = decoded.split(":", 1)
+    except (ValueError, UnicodeDecodeError):
+        return ("", "")
+    # RFC 6749 2.3.1: both are form-urlencoded before being joined.
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+async def _authenticate_client(form: Any) -> tokens.Client | oauth_errors.OAuth2Error:
+    basic = _basic_credentials()
+    if basic is not None and ("client_secret" in form):
+        return oauth_errors.InvalidRequestError("use one client authentication method")
+    if basic is not None:
+        client_id, secret = basic
+        if form.get("client_id") not in (None, client_id):
+            return oauth_errors.InvalidRequestError("client_id does not match the credentials")
+    else:
+        client_id, secret = form.get("client_id", ""), form.get("client_secret")
+    if not client_id:
+        return oauth_errors.InvalidClientError(status_code=401)
+    client = await tokens.find_client(web_context.keystage(), client_id)
+    if client is None:
+        return oauth_errors.InvalidClientError(status_code=401)
+    if client.config.client_type == "public":
+        if secret:
+            return oauth_errors.InvalidClientError(status_code=401)
+    elif not client.config.check_secret(secret):
+        return oauth_errors.InvalidClientError(status_code=401)
+    return client
+
+
+@oidc_routes.post("/oauth2/token")
+async def token() -> Any:
+    keystage = web_context.keystage()
+    form = await request.form
+    client = await _authenticate_client(form)
+    if isinstance(client, oauth_errors.OAuth2Error):
+        return _oauth_error(client, basic=request.headers.get("Authorization") is not None)
+    grant_type = form.get("grant_type", "")
+    if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
+        return _oauth_error(oauth_errors.UnsupportedGrantTypeError())
+    if grant_type not in client.config.grant_types:
+        return _oauth_error(oauth_errors.UnauthorizedClientError())
+    if grant_type == "authorization_code":
+        result = await _code_grant(keystage, client, form)
+    elif grant_type == "refresh_token":
+        result = await _refresh_grant(keystage, client, form)
+    else:
+        result = await _client_credentials_grant(keystage, client, form)
+    if isinstance(result, oauth_errors.OAuth2Error):
+        return _oauth_error(result)
+    response = jsonify(result.as_json())
+    response.headers.update(NO_STORE)
+    return response
+
+
+async def _code_grant(keystage: Any, client: tokens.Client, form: Any) -> Any:
+    code = form.get("code", "")
+    if not code:
+        return oauth_errors.InvalidRequestError("code is missing")
+    row = await tokens.redeem_code(keystage, code)
+    if row is None or row["provider_id"] != client.provider_id:
+        # Another client's code is not revoked by this: it may be an honest mistake of the other one.
+        return oauth_errors.InvalidGrantError()
+    if row["previously_used"]:
+        # RFC 6749 4.1.2: a code used twice revokes what was issued from it.
+        await tokens.revoke_grant(keystage, row["grant_id"])
+        return oauth_errors.InvalidGrantError()
+    if row["expired"] or not row["is_active"]:
+        return oauth_errors.InvalidGrantError()
+    if form.get("redirect_uri") != row["redirect_uri"]:
+        return oauth_errors.InvalidGrantError("redirect_uri does not match")
+    verifier = form.get("code_verifier")
+    if row["code_challenge"] is not None:
+        if not verifier or not authz.VERIFIER.match(verifier) or not hmac.compare_digest(
+                create_s256_code_challenge(verifier), row["code_challenge"]):
+            return oauth_errors.InvalidGrantError("code_verifier does not match")
+    elif verifier:
+        return oauth_errors.InvalidGrantError("no code_challenge was sent for this code")
+    scopes = row["scope"].split()
+    user = await keystage.users.get(row["user_id"])
+    id_claims = None
+    if "openid" in scopes:
+        id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, web_context.request_info())
+        if row["nonce"]:
+            id_claims["nonce"] = row["nonce"]
+    return await tokens.issue(
+        keystage, client, issuer=issuer(), grant_id=row["grant_id"], subject=str(row["user_id"]),
+        user_id=row["user_id"], scope=row["scope"], auth_time=row["auth_time"],
+        with_refresh="offline_access" in scopes and "refresh_token" in client.config.grant_types,
+        id_claims=id_claims)
+
+
+async def _refresh_grant(keystage: Any, client: tokens.Client, form: Any) -> Any:
+    refresh = form.get("refresh_token", "")
+    if not refresh:
+        return oauth_errors.InvalidRequestError("refresh_token is missing")
+    rotate = client.config.refresh_token_rotation
+    row = await tokens.redeem_refresh(keystage, refresh, rotate=rotate)
+    if row is None or row["provider_id"] != client.provider_id:
+        return oauth_errors.InvalidGrantError()
+    if row["previously_used"] and rotate:
+        # A rotated refresh token came back: someone has a copy. Revoke the whole grant.
+        await tokens.revoke_grant(keystage, row["grant_id"])
+        return oauth_errors.InvalidGrantError()
+    if row["revoked"] or row["expired"] or not row["is_active"]:
+        return oauth_errors.InvalidGrantError()
+    granted = row["scope"].split()
+    asked = form.get("scope")
+    scopes = granted if asked is None else asked.split()
+    if not set(scopes) <= set(granted):
+        return oauth_errors.InvalidScopeError()
+    user = await keystage.users.get(row["user_id"])
+    id_claims = None
+    if "openid" in scopes:
+        id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, web_context.request_info())
+    issued = await tokens.issue(
+        keystage, client, issuer=issuer(), grant_id=row["grant_id"], subject=str(row["user_id"]),
+        user_id=row["user_id"], scope=" ".join(scopes), auth_time=row["auth_time"], with_refresh=rotate,
+        id_claims=id_claims)
+    return issued
+
+
+async def _client_credentials_grant(keystage: Any, client: tokens.Client, form: Any) -> Any:
+    asked = (form.get("scope") or "").split()
+    allowed = set(client.config.scopes) - {"openid", "offline_access"}
+    if not set(asked) <= allowed:
+        return oauth_errors.InvalidScopeError()
+    return await tokens.issue(
+        keystage, client, issuer=issuer(), grant_id=secrets.token_urlsafe(16), subject=client.config.client_id,
+        user_id=None, scope=" ".join(asked), auth_time=None, with_refresh=False, id_claims=None)
+
+
+# -- userinfo ---------------------------------------------------------------------------------------
+
+
+def _bearer_error(error: str, status: int) -> Response:
+    response = jsonify({"error": error})
+    response.status_code = status
+    response.headers["WWW-Authenticate"] = f'Bearer error="{error}"' if error != "missing" else "Bearer"
+    response.headers.update(NO_STORE)
+    return response
+
+
+@oidc_routes.route("/oauth2/userinfo", methods=["GET", "POST"])
+async def userinfo() -> Any:
+    keystage = web_context.keystage()
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() != "bearer ":
+        return _bearer_error("invalid_request" if header else "missing", 401 if not header else 400)
+    await keyring(keystage).refresh()
+    row = await tokens.find_access_token(keystage, header[7:].strip(), issuer())
+    if row is None or row["user_id"] is None:
+        return _bearer_error("invalid_token", 401)
+    client = await tokens.find_client(keystage, row["client_id"])
+    user = await keystage.users.get(row["user_id"])
+    if client is None or user is None:
+        return _bearer_error("invalid_token", 401)
+    scopes = row["scope"].split()
+    if "openid" not in scopes:
+        return _bearer_error("insufficient_scope", 403)
+    body = {"sub": str(user.id),
+            **await claims_module.user_claims(keystage, user, scopes, client.config, web_context.request_info())}
+    response = jsonify(body)
+    response.headers.update(NO_STORE)
+    return response

@@ -1,0 +1,208 @@
+"""Codes and tokens: made, stored as digests, looked up, revoked (RFC 6749 4.1/6, RFC 7636, OIDC Core 3.1).
+
+Functions here take what they need and return plain results; the HTTP glue is in endpoints.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from .keys import keyring
+
+if TYPE_CHECKING:
+    from keystage.engine.runtime import Keystage
+
+    from .config import OIDCConfig
+
+
+def digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Client:
+    provider_id: int
+    config: OIDCConfig
+    application_slug: str | None
+    application_id: int | None
+    application_name: str | None
+
+
+_CONFIGS: dict[tuple[int, float], OIDCConfig] = {}
+
+
+async def find_client(keystage: Keystage, client_id: str) -> Client | None:
+    """The OIDC provider with this client id (one query; the parsed config is reused while unchanged)."""
+    from .config import OIDCConfig
+
+    row = await keystage.pool.fetchrow(
+        """SELECT p.id, p.config, extract(epoch FROM p.updated_at) AS version, a.id AS app_id, a.slug, a.name
+           FROM providers p LEFT JOIN applications a ON a.provider_id = p.id
+           WHERE p.type = 'oidc' AND p.config ->> 'client_id' = $1""", client_id)
+    if row is None:
+        return None
+    key = (row["id"], float(row["version"]))
+    config = _CONFIGS.get(key)
+    if config is None:
+        raw = row["config"]
+        config = OIDCConfig.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
+        if len(_CONFIGS) > 10_000:
+            _CONFIGS.clear()
+        _CONFIGS[key] = config
+    return Client(row["id"], config, row["slug"], row["app_id"], row["name"])
+
+
+async def create_code(keystage: Keystage, client: Client, *, user_id: int, redirect_uri: str, scope: str,
+                      nonce: str | None, code_challenge: str | None, auth_time: float) -> str:
+    code = new_secret()
+    await keystage.pool.execute(
+        """INSERT INTO oidc_codes (code_hash, grant_id, provider_id, user_id, redirect_uri, scope, nonce,
+                                  code_challenge, auth_time, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9), now() + make_interval(secs => $10))""",
+        digest(code), secrets.token_urlsafe(16), client.provider_id, user_id, redirect_uri, scope, nonce,
+        code_challenge, auth_time, float(client.config.code_lifetime))
+    return code
+
+
+async def redeem_code(keystage: Keystage, code: str) -> Any:
+    """Mark a code used and return its row with ``previously_used`` and the user's state; None if unknown."""
+    return await keystage.pool.fetchrow(
+        """WITH old AS (SELECT used_at FROM oidc_codes WHERE code_hash = $1 FOR UPDATE)
+           UPDATE oidc_codes c SET used_at = now() FROM old, users u
+           WHERE c.code_hash = $1 AND u.id = c.user_id
+           RETURNING c.grant_id, c.provider_id, c.user_id, c.redirect_uri, c.scope, c.nonce, c.code_challenge,
+                     extract(epoch FROM c.auth_time) AS auth_time, c.expires_at < now() AS expired,
+                     old.used_at IS NOT NULL AS previously_used, u.is_active""", digest(code))
+
+
+async def revoke_grant(keystage: Keystage, grant_id: str) -> None:
+    await keystage.pool.execute(
+        "UPDATE oidc_tokens SET revoked_at = now() WHERE grant_id = $1 AND revoked_at IS NULL", grant_id)
+
+
+async def redeem_refresh(keystage: Keystage, token: str, *, rotate: bool) -> Any:
+    return await keystage.pool.fetchrow(
+        f"""WITH old AS (SELECT used_at FROM oidc_tokens WHERE token_hash = $1 AND kind = 'refresh' FOR UPDATE)
+            UPDATE oidc_tokens t SET used_at = {"now()" if rotate else "t.used_at"} FROM old, users u
+            WHERE t.token_hash = $1 AND t.kind = 'refresh' AND u.id = t.user_id
+            RETURNING t.grant_id, t.provider_id, t.user_id, t.scope, extract(epoch FROM t.auth_time) AS auth_time,
+                      t.expires_at < now() AS expired, t.revoked_at IS NOT NULL AS revoked,
+                      old.used_at IS NOT NULL AS previously_used, u.is_active""", digest(token))
+
+
+@dataclasses.dataclass
+class Issued:
+    access_token: str
+    expires_in: int
+    scope: str
+    refresh_token: str | None = None
+    id_token: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"access_token": self.access_token, "token_type": "Bearer",
+                                "expires_in": self.expires_in, "scope": self.scope}
+        if self.refresh_token:
+            body["refresh_token"] = self.refresh_token
+        if self.id_token:
+            body["id_token"] = self.id_token
+        return body
+
+
+async def sign(keystage: Keystage, alg: str, claims: dict[str, Any], typ: str | None = None) -> str:
+    key = await keyring(keystage).signing_key(alg)
+    header = {"alg": alg, "kid": key.kid}
+    if typ:
+        header["typ"] = typ
+    return jwt.encode(header, claims, key.key, algorithms=[alg])
+
+
+def at_hash(access_token: str) -> str:
+    half = hashlib.sha256(access_token.encode()).digest()[:16]
+    return base64.urlsafe_b64encode(half).rstrip(b"=").decode()
+
+
+async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: str, subject: str,
+                user_id: int | None, scope: str, auth_time: float | None, with_refresh: bool,
+                id_claims: dict[str, Any] | None) -> Issued:
+    """Make the access token (JWT or opaque), a refresh token and an ID token as asked, and store them
+    in one statement (client_credentials JWTs are not stored: they have no user to deactivate)."""
+    config = client.config
+    now = int(time.time())
+    rows: list[tuple[bytes, str, float]] = []
+    if config.access_token_format == "jwt":
+        jti = new_secret()
+        access = await sign(keystage, config.signing_alg, {
+            "iss": issuer, "sub": subject, "aud": config.client_id, "client_id": config.client_id,
+            "iat": now, "exp": now + config.access_token_lifetime, "jti": jti, "scope": scope,
+        }, typ="at+jwt")
+        if user_id is not None:
+            rows.append((digest(jti), "access", config.access_token_lifetime))
+    else:
+        access = new_secret()
+        rows.append((digest(access), "access", config.access_token_lifetime))
+    issued = Issued(access, config.access_token_lifetime, scope)
+    if with_refresh:
+        issued.refresh_token = new_secret()
+        rows.append((digest(issued.refresh_token), "refresh", config.refresh_token_lifetime))
+    if id_claims is not None:
+        claims = {**id_claims, "iss": issuer, "sub": subject, "aud": config.client_id, "azp": config.client_id,
+                  "iat": now, "exp": now + config.id_token_lifetime, "at_hash": at_hash(access)}
+        if auth_time is not None:
+            claims["auth_time"] = int(auth_time)
+        issued.id_token = await sign(keystage, config.signing_alg, claims)
+    if rows:
+        await keystage.pool.execute(
+            """INSERT INTO oidc_tokens (token_hash, kind, grant_id, provider_id, user_id, scope, auth_time, expires_at)
+               SELECT h, k, $3, $4, $5, $6, to_timestamp($7), now() + make_interval(secs => l)
+               FROM unnest($1::bytea[], $2::text[], $8::float8[]) AS t(h, k, l)""",
+            [r[0] for r in rows], [r[1] for r in rows], grant_id, client.provider_id, user_id, scope,
+            auth_time, [float(r[2]) for r in rows])
+    return issued
+
+
+async def find_access_token(keystage: Keystage, token: str, issuer: str) -> Any:
+    """The stored access token (JWT: verified first, then found by its jti), with the user's state;
+    None when it is not ours, expired, revoked, or its user is inactive."""
+    key_hash = digest(token)
+    if token.count(".") == 2:
+        try:
+            header = jwt.decode(token, _Resolver(keystage), algorithms=["RS256", "ES256"])
+        except (JoseError, ValueError, KeyError):
+            return None
+        claims = header.claims
+        if claims.get("iss") != issuer or not isinstance(claims.get("exp"), int) or claims["exp"] < time.time():
+            return None
+        key_hash = digest(str(claims.get("jti", "")))
+    row = await keystage.pool.fetchrow(
+        """SELECT t.user_id, t.scope, t.provider_id, p.config ->> 'client_id' AS client_id,
+                  extract(epoch FROM t.expires_at) AS exp, extract(epoch FROM t.created_at) AS iat
+           FROM oidc_tokens t JOIN users u ON u.id = t.user_id JOIN providers p ON p.id = t.provider_id
+           WHERE t.token_hash = $1 AND t.kind = 'access' AND t.revoked_at IS NULL AND t.expires_at > now()
+                 AND u.is_active""", key_hash)
+    return row
+
+
+class _Resolver:
+    """joserfc key resolver: the process's keyring by ``kid`` (refreshed by the caller's endpoint)."""
+
+    def __init__(self, keystage: Keystage) -> None:
+        self.ring = keyring(keystage)
+
+    def __call__(self, token: Any) -> Any:
+        key = self.ring.verification_key(token.headers().get("kid", ""))
+        if key is None:
+            raise ValueError("unknown kid")
+        return key.key

@@ -1,0 +1,393 @@
+"""OpenID Connect provider: the code + PKCE flow with authlib's client, refresh rotation, client credentials,
+userinfo, keys, and the attacks the issue lists. Real PostgreSQL; the app runs in-process behind httpx."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from joserfc.jws import extract_compact
+
+from keystage.engine.blueprints import apply_defaults
+from keystage.engine.testing import apply_blueprint_to, kernel_of
+
+BASE = "http://127.0.0.1:9000"
+SECRET = "s3cr3t-" + "x" * 40
+REDIRECT = "https://grafana.example.org/login/generic_oauth"
+PASSWORD = "correct horse battery staple"
+
+BLUEPRINT = f"""
+version: 1
+metadata: {{name: oidc-test}}
+entries:
+  - model: provider
+    identifiers: {{name: grafana}}
+    attrs:
+      type: oidc
+      config:
+        client_id: grafana
+        client_secret: {SECRET}
+        redirect_uris: ["{REDIRECT}"]
+        grant_types: [authorization_code, refresh_token, client_credentials]
+        scopes: [openid, profile, email, groups, offline_access, "api:read"]
+        authorization_flow: default-provider-authorization-implicit-consent
+  - model: application
+    identifiers: {{slug: grafana}}
+    attrs: {{name: Grafana, provider: grafana, launch_url: "https://grafana.example.org/", group: Monitoring}}
+  - model: provider
+    identifiers: {{name: spa}}
+    attrs:
+      type: oidc
+      config:
+        client_id: spa
+        client_type: public
+        redirect_uris: ["http://localhost:5173/callback"]
+        authorization_flow: default-provider-authorization-explicit-consent
+        access_token_format: opaque
+        signing_alg: ES256
+  - model: application
+    identifiers: {{slug: spa}}
+    attrs: {{name: The SPA, provider: spa}}
+"""
+
+
+@pytest.fixture
+async def oidc(keystage_app: Any, user_factory: Any) -> Any:
+    kernel = kernel_of(keystage_app)
+    await apply_defaults(kernel)
+    await apply_blueprint_to(kernel, BLUEPRINT)
+    user = await user_factory("alice", password=PASSWORD, email="alice@example.org", groups=["staff"],
+                              display_name="Alice Liddell")
+    transport = httpx.ASGITransport(app=keystage_app)
+    browser = httpx.AsyncClient(transport=transport, base_url=BASE)
+    yield {"app": keystage_app, "kernel": kernel, "user": user, "browser": browser, "transport": transport}
+    await browser.aclose()
+
+
+async def login(browser: httpx.AsyncClient, next_path: str, username: str = "alice") -> str:
+    """Sign in through the JSON flow face; returns where the flow sends the user."""
+    url = "/api/v1/flows/default-authentication-flow/executor"
+    challenge = (await browser.get(url, params={"next": next_path, "restart": "1"})).json()
+    answers = {"identification": {"uid_field": username}, "password": {"password": PASSWORD},
+               "user_login": {"remember_me": False}}
+    while challenge["component"] != "redirect":
+        assert challenge["component"] in answers, challenge
+        challenge = (await browser.post(url, json={"component": challenge["component"],
+                                                   **answers[challenge["component"]]})).json()
+    return challenge["to"]
+
+
+async def follow(browser: httpx.AsyncClient, url: str, *, consent: bool = True) -> httpx.URL:
+    """Follow redirects like a browser until keystage sends the user to another site; sign in and consent on the way."""
+    for _ in range(20):
+        parts = urlsplit(url)
+        if parts.netloc and parts.netloc != "127.0.0.1:9000":
+            return httpx.URL(url)
+        response = await browser.get(url)
+        if response.status_code in (302, 303):
+            location = response.headers["location"]
+            if location.startswith("/flows/default-authentication-flow/"):
+                next_path = parse_qs(urlsplit(location).query)["next"][0]
+                url = await login(browser, next_path)
+                continue
+            url = location
+            continue
+        if response.status_code == 200 and 'name="consent"' in response.text:
+            form = {"csrf_token": _csrf(response.text), "component": "consent",
+                    "consent": "granted" if consent else "denied"}
+            response = await browser.post(url, data=form)
+            assert response.status_code in (302, 303), response.text
+            url = response.headers["location"]
+            continue
+        raise AssertionError(f"{url}: {response.status_code} {response.text[:500]}")
+    raise AssertionError("too many redirects")
+
+
+def _csrf(html: str) -> str:
+    marker = 'name="csrf_token" value="'
+    start = html.index(marker) + len(marker)
+    return html[start:html.index('"', start)]
+
+
+def kid_of(token: str) -> str:
+    return str(extract_compact(token.encode()).headers()["kid"])
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    return verifier, create_s256_code_challenge(verifier)
+
+
+async def authorize(env: dict[str, Any], **params: str) -> dict[str, list[str]]:
+    query = {"response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT,
+             "scope": "openid profile email groups offline_access", "state": "st", "nonce": "n0"}
+    query.update({k: v for k, v in params.items() if v is not None})
+    query = {k: v for k, v in query.items() if v != ""}
+    landed = await follow(env["browser"], "/oauth2/authorize?" + urlencode(query))
+    return parse_qs(landed.query.decode())
+
+
+def rp(env: dict[str, Any], client_id: str = "grafana", secret: str | None = SECRET, **kwargs: Any) -> AsyncOAuth2Client:
+    return AsyncOAuth2Client(client_id, secret, transport=env["transport"], base_url=BASE,
+                             token_endpoint_auth_method="client_secret_basic" if secret else "none", **kwargs)
+
+
+async def test_discovery_and_jwks(oidc: Any) -> None:
+    browser = oidc["browser"]
+    config = (await browser.get("/.well-known/openid-configuration")).json()
+    assert config["issuer"] == BASE
+    assert config["code_challenge_methods_supported"] == ["S256"]
+    assert config["token_endpoint"] == f"{BASE}/oauth2/token"
+    jwks = (await browser.get("/oauth2/jwks")).json()
+    assert isinstance(jwks["keys"], list)
+
+
+async def test_code_flow_with_pkce_refresh_rotation_and_userinfo(oidc: Any) -> None:
+    verifier, challenge = pkce()
+    answer = await authorize(oidc, code_challenge=challenge, code_challenge_method="S256")
+    assert answer["state"] == ["st"] and answer["iss"] == [BASE]
+    code = answer["code"][0]
+    async with rp(oidc, code_challenge_method="S256") as client:
+        token = await client.fetch_token(f"{BASE}/oauth2/token", grant_type="authorization_code", code=code,
+                                         redirect_uri=REDIRECT, code_verifier=verifier)
+        assert token["token_type"].lower() == "bearer" and token["refresh_token"]
+        keys = KeySet.import_key_set((await oidc["browser"].get("/oauth2/jwks")).json())
+        id_token = jwt.decode(token["id_token"], keys, algorithms=["RS256"])
+        claims = id_token.claims
+        assert claims["iss"] == BASE and claims["aud"] == "grafana" and claims["nonce"] == "n0"
+        assert claims["sub"] == str(oidc["user"].id) and claims["email"] == "alice@example.org"
+        assert claims["groups"] == ["staff"] and claims["name"] == "Alice Liddell"
+        info = (await client.get(f"{BASE}/oauth2/userinfo")).json()
+        assert info["preferred_username"] == "alice" and info["sub"] == claims["sub"]
+        # The code is single-use: replay fails and revokes what it gave.
+        replay = await oidc["browser"].post("/oauth2/token", data={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+            auth=("grafana", SECRET))
+        assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+        gone = await oidc["browser"].get("/oauth2/userinfo",
+                                         headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert gone.status_code == 401
+        assert 'error="invalid_token"' in gone.headers["www-authenticate"]
+
+
+async def test_refresh_rotation_and_reuse_detection(oidc: Any) -> None:
+    verifier, challenge = pkce()
+    code = (await authorize(oidc, code_challenge=challenge, code_challenge_method="S256"))["code"][0]
+    async with rp(oidc) as client:
+        first = await client.fetch_token(f"{BASE}/oauth2/token", grant_type="authorization_code", code=code,
+                                         redirect_uri=REDIRECT, code_verifier=verifier)
+        second = await client.refresh_token(f"{BASE}/oauth2/token", refresh_token=first["refresh_token"])
+        assert second["refresh_token"] != first["refresh_token"]
+        # The old refresh token comes back: reuse. Everything of the grant is revoked.
+        reuse = await oidc["browser"].post("/oauth2/token", data={
+            "grant_type": "refresh_token", "refresh_token": first["refresh_token"]}, auth=("grafana", SECRET))
+        assert reuse.json()["error"] == "invalid_grant"
+        again = await oidc["browser"].post("/oauth2/token", data={
+            "grant_type": "refresh_token", "refresh_token": second["refresh_token"]}, auth=("grafana", SECRET))
+        assert again.json()["error"] == "invalid_grant"
+        info = await oidc["browser"].get("/oauth2/userinfo",
+                                         headers={"Authorization": f"Bearer {second['access_token']}"})
+        assert info.status_code == 401
+
+
+async def test_client_credentials(oidc: Any) -> None:
+    async with rp(oidc) as client:
+        token = await client.fetch_token(f"{BASE}/oauth2/token", grant_type="client_credentials", scope="api:read")
+    keys = KeySet.import_key_set((await oidc["browser"].get("/oauth2/jwks")).json())
+    claims = jwt.decode(token["access_token"], keys, algorithms=["RS256"]).claims
+    assert claims["sub"] == "grafana" and claims["scope"] == "api:read" and "refresh_token" not in token
+    wrong = await oidc["browser"].post("/oauth2/token", data={"grant_type": "client_credentials"},
+                                       auth=("grafana", "not-the-secret"))
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+    assert "Traceback" not in wrong.text
+    scope = await oidc["browser"].post("/oauth2/token", data={"grant_type": "client_credentials", "scope": "admin"},
+                                       auth=("grafana", SECRET))
+    assert scope.json()["error"] == "invalid_scope"
+    public = await oidc["browser"].post("/oauth2/token", data={"grant_type": "client_credentials",
+                                                               "client_id": "spa"})
+    assert public.json()["error"] == "unauthorized_client"
+
+
+async def test_public_client_explicit_consent_opaque_es256(oidc: Any) -> None:
+    verifier, challenge = pkce()
+    query = {"response_type": "code", "client_id": "spa", "redirect_uri": "http://localhost:5173/callback",
+             "scope": "openid email", "state": "s2", "code_challenge": challenge, "code_challenge_method": "S256"}
+    landed = await follow(oidc["browser"], "/oauth2/authorize?" + urlencode(query))
+    code = parse_qs(landed.query.decode())["code"][0]
+    response = await oidc["browser"].post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": "http://localhost:5173/callback",
+        "code_verifier": verifier, "client_id": "spa"})
+    token = response.json()
+    assert token["access_token"].count(".") == 0 and "refresh_token" not in token
+    keys = KeySet.import_key_set((await oidc["browser"].get("/oauth2/jwks")).json())
+    assert jwt.decode(token["id_token"], keys, algorithms=["ES256"]).claims["email"] == "alice@example.org"
+    # Consent is remembered: prompt=none now works without asking.
+    query.update(prompt="none", state="s3")
+    landed = await follow(oidc["browser"], "/oauth2/authorize?" + urlencode(query))
+    assert "code" in parse_qs(landed.query.decode())
+    # More scopes than consented: prompt=none cannot ask, so consent_required (no bypass).
+    query.update(scope="openid email profile")
+    landed = await follow(oidc["browser"], "/oauth2/authorize?" + urlencode(query))
+    assert parse_qs(landed.query.decode())["error"] == ["consent_required"]
+
+
+async def test_consent_denied(oidc: Any) -> None:
+    query = {"response_type": "code", "client_id": "spa", "redirect_uri": "http://localhost:5173/callback",
+             "scope": "openid", "state": "s", "code_challenge": pkce()[1], "code_challenge_method": "S256"}
+    landed = await follow(oidc["browser"], "/oauth2/authorize?" + urlencode(query), consent=False)
+    assert parse_qs(landed.query.decode())["error"] == ["access_denied"]
+
+
+async def test_prompt_none_without_session(oidc: Any) -> None:
+    response = await oidc["browser"].get("/oauth2/authorize?" + urlencode({
+        "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid",
+        "state": "x", "prompt": "none"}))
+    assert response.status_code == 302
+    assert parse_qs(urlsplit(response.headers["location"]).query)["error"] == ["login_required"]
+
+
+@pytest.mark.parametrize("redirect_uri", [
+    REDIRECT + "/../evil", REDIRECT + "x", REDIRECT[:-3], REDIRECT.upper(), REDIRECT.replace("/login", "/%6Cogin"),
+    "https://evil.example.org/login/generic_oauth", REDIRECT + "?next=https://evil.example.org", REDIRECT + "#x",
+])
+async def test_redirect_uri_variations_are_refused_without_redirect(oidc: Any, redirect_uri: str) -> None:
+    response = await oidc["browser"].get("/oauth2/authorize?" + urlencode({
+        "response_type": "code", "client_id": "grafana", "redirect_uri": redirect_uri, "scope": "openid"}))
+    assert response.status_code == 400 and "location" not in response.headers
+
+
+async def test_open_redirect_through_next_is_refused(oidc: Any) -> None:
+    to = await login(oidc["browser"], "//evil.example.org/")
+    assert to == "/"
+
+
+@pytest.mark.parametrize("params,error", [
+    ({"client_id": "spa", "redirect_uri": "http://localhost:5173/callback"}, "invalid_request"),  # public, no PKCE
+    ({"code_challenge": "a" * 43, "code_challenge_method": "plain"}, "invalid_request"),
+    ({"code_challenge": "a" * 43}, "invalid_request"),  # method missing means plain
+    ({"response_type": "token"}, "unsupported_response_type"),
+    ({"scope": "openid admin"}, "invalid_scope"),
+    ({"prompt": "none login"}, "invalid_request"),
+])
+async def test_authorize_errors_go_back_to_the_client(oidc: Any, params: dict[str, str], error: str) -> None:
+    query = {"response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid",
+             "state": "z", **params}
+    response = await oidc["browser"].get("/oauth2/authorize?" + urlencode(query))
+    assert response.status_code == 302
+    answer = parse_qs(urlsplit(response.headers["location"]).query)
+    assert answer["error"] == [error] and answer["state"] == ["z"]
+
+
+async def test_pkce_wrong_or_missing_verifier(oidc: Any) -> None:
+    verifier, challenge = pkce()
+    for bad in ("", secrets.token_urlsafe(48)):
+        code = (await authorize(oidc, code_challenge=challenge, code_challenge_method="S256"))["code"][0]
+        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+        if bad:
+            data["code_verifier"] = bad
+        response = await oidc["browser"].post("/oauth2/token", data=data, auth=("grafana", SECRET))
+        assert response.json()["error"] == "invalid_grant"
+
+
+async def test_code_of_another_client(oidc: Any) -> None:
+    verifier, challenge = pkce()
+    code = (await authorize(oidc, code_challenge=challenge, code_challenge_method="S256"))["code"][0]
+    response = await oidc["browser"].post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier,
+        "client_id": "spa"})
+    assert response.json()["error"] == "invalid_grant"
+
+
+async def test_tokens_stop_working_when_user_is_deactivated(oidc: Any) -> None:
+    verifier, challenge = pkce()
+    code = (await authorize(oidc, code_challenge=challenge, code_challenge_method="S256"))["code"][0]
+    response = await oidc["browser"].post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+        auth=("grafana", SECRET))
+    token = response.json()
+    await oidc["kernel"].pool.execute("UPDATE users SET is_active = false WHERE id = $1", oidc["user"].id)
+    info = await oidc["browser"].get("/oauth2/userinfo", headers={"Authorization": f"Bearer {token['access_token']}"})
+    assert info.status_code == 401
+    refresh = await oidc["browser"].post("/oauth2/token", data={
+        "grant_type": "refresh_token", "refresh_token": token["refresh_token"]}, auth=("grafana", SECRET))
+    assert refresh.json()["error"] == "invalid_grant"
+
+
+async def test_expired_tokens_and_codes(oidc: Any) -> None:
+    verifier, challenge = pkce()
+    code = (await authorize(oidc, code_challenge=challenge, code_challenge_method="S256"))["code"][0]
+    await oidc["kernel"].pool.execute("UPDATE oidc_codes SET expires_at = now() - interval '1 second'")
+    response = await oidc["browser"].post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+        auth=("grafana", SECRET))
+    assert response.json()["error"] == "invalid_grant"
+    code = (await authorize(oidc, code_challenge=challenge, code_challenge_method="S256"))["code"][0]
+    token = (await oidc["browser"].post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+        auth=("grafana", SECRET))).json()
+    await oidc["kernel"].pool.execute("UPDATE oidc_tokens SET expires_at = now() - interval '1 second'")
+    info = await oidc["browser"].get("/oauth2/userinfo", headers={"Authorization": f"Bearer {token['access_token']}"})
+    assert info.status_code == 401
+
+
+async def test_application_policy_denies(oidc: Any, apply_blueprint: Any) -> None:
+    await apply_blueprint("""
+version: 1
+metadata: {name: deny-grafana}
+entries:
+  - model: group
+    identifiers: {name: admins}
+  - model: policy_binding
+    identifiers: {application: grafana, group: admins}
+""")
+    await login(oidc["browser"], "/")
+    response = await oidc["browser"].get("/oauth2/authorize?" + urlencode({
+        "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid"}))
+    assert response.status_code == 403 and "location" not in response.headers
+    # prompt=none cannot show a page: the client hears access_denied.
+    response = await oidc["browser"].get("/oauth2/authorize?" + urlencode({
+        "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid",
+        "prompt": "none", "state": "q"}))
+    assert parse_qs(urlsplit(response.headers["location"]).query)["error"] == ["access_denied"]
+
+
+async def test_key_rotation_publishes_before_signing(oidc: Any) -> None:
+    from keystage.plugins.providers.oidc import keys
+
+    kernel = oidc["kernel"]
+    async with rp(oidc) as client:
+        first = await client.fetch_token(f"{BASE}/oauth2/token", grant_type="client_credentials")
+    old_kid = kid_of(first["access_token"])
+    new_kid = await keys.rotate(kernel, "RS256", publish_ahead=3600)
+    await keys.keyring(kernel).refresh(force=True)
+    kids = {k["kid"] for k in (await oidc["browser"].get("/oauth2/jwks")).json()["keys"]}
+    assert {old_kid, new_kid} <= kids
+    async with rp(oidc) as client:
+        second = await client.fetch_token(f"{BASE}/oauth2/token", grant_type="client_credentials")
+    assert kid_of(second["access_token"]) == old_kid
+    # Once the new key's time has come it signs; the old one stays published until its tokens expire.
+    await kernel.pool.execute("UPDATE oidc_signing_keys SET signs_from = now() - interval '1 hour' WHERE kid = $1",
+                              old_kid)
+    await kernel.pool.execute("UPDATE oidc_signing_keys SET signs_from = now() - interval '1 second' WHERE kid = $1",
+                              new_kid)
+    await keys.keyring(kernel).refresh(force=True)
+    async with rp(oidc) as client:
+        third = await client.fetch_token(f"{BASE}/oauth2/token", grant_type="client_credentials")
+    assert kid_of(third["access_token"]) == new_kid
+    kids = {k["kid"] for k in (await oidc["browser"].get("/oauth2/jwks")).json()["keys"]}
+    assert old_kid in kids
+    stored = await kernel.pool.fetchval("SELECT private_key FROM oidc_signing_keys WHERE kid = $1", new_kid)
+    assert b"PRIVATE KEY" not in stored and b"\x30\x82" != stored[:2]
+
+
+async def test_client_secret_is_stored_as_a_digest(oidc: Any) -> None:
+    raw = await oidc["kernel"].pool.fetchval("SELECT config::text FROM providers WHERE name = 'grafana'")
+    assert SECRET not in raw and hashlib.sha256(SECRET.encode()).hexdigest() in raw
