@@ -230,3 +230,7 @@ main.add_command(plugin)
 from .cli_security import security  # noqa: E402
 
 main.add_command(security)
+
+from keystage.plugins.providers.oidc.cli import keys  # noqa: E402
+
+main.add_command(keys)
