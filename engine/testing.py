@@ -195,7 +195,8 @@ async def keystage_app(keystage_settings: Settings, keystage_extra_plugins: list
                        ) -> AsyncIterator[Any]:
     from .app import create_app
 
-    app = create_app(keystage_settings, keystage=Keystage(keystage_settings, extra_plugins=list(keystage_extra_plugins)))
+    kernel = Keystage(keystage_settings, extra_plugins=list(keystage_extra_plugins))
+    app = create_app(keystage_settings, keystage=kernel)
     async with app.test_app():
         yield app
 

@@ -112,8 +112,8 @@ def make_good(tmp_path: Path) -> types.ModuleType:
     def after_serving() -> None:
         good.stopped = True  # type: ignore[attr-defined]
 
-    for function in (register_stage_types, register_policy_types, register_provider_types, register_routes, register_locales,
-                     register_migrations, register_expression_helpers, on_event, after_serving):
+    for function in (register_stage_types, register_policy_types, register_provider_types, register_routes,
+                     register_locales, register_migrations, register_expression_helpers, on_event, after_serving):
         setattr(good, function.__name__, function)
     return good
 

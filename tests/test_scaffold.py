@@ -63,7 +63,8 @@ def test_generated_package_passes_its_own_tests(
         [sys.executable, "-m", "pytest", str(packages / kind / "tests"), "-q", "-p", "no:cacheprovider"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, f"the generated {kind} plugin's tests failed:\n{result.stdout[-6000:]}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"the generated {kind} plugin's tests failed:\n{result.stdout[-6000:]}\n{result.stderr}")
     assert " passed" in result.stdout and "skipped" not in result.stdout and "error" not in result.stdout
 
 
