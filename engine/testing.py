@@ -222,7 +222,9 @@ class registered_plugin:  # noqa: N801  (used like a function: `with registered_
     ``target`` is a kernel or an app. The kernel's stage and policy types are refreshed, so a
     stage the plugin registers can be bound in a flow at once; with an app, its templates,
     catalogs, routes and static files are mounted too (under ``/-/plugins/<name>/``). The
-    ``async with`` form also applies the plugin's migrations. All of it is undone on exit.
+    ``async with`` form also applies the plugin's migrations. All of it is undone on exit (tables
+    its migrations created stay: the test's database is dropped anyway). Expression helpers reach
+    a sandbox built after the block starts, not one already running.
     """
 
     def __init__(self, target: Any, plugin: object, name: str = "test-plugin") -> None:
@@ -265,6 +267,7 @@ class registered_plugin:  # noqa: N801  (used like a function: `with registered_
         kernel = self.kernel
         kernel.stage_types = collect_types(kernel.plugins, "register_stage_types", Stage, "stage")
         kernel.policy_types = collect_types(kernel.plugins, "register_policy_types", PolicyType, "policy")
+        kernel.state.pop("provider_types", None)  # collected again on next use
         if self.app is None:
             return
         from . import app as app_module
