@@ -391,3 +391,38 @@ async def test_key_rotation_publishes_before_signing(oidc: Any) -> None:
 async def test_client_secret_is_stored_as_a_digest(oidc: Any) -> None:
     raw = await oidc["kernel"].pool.fetchval("SELECT config::text FROM providers WHERE name = 'grafana'")
     assert SECRET not in raw and hashlib.sha256(SECRET.encode()).hexdigest() in raw
+
+
+async def code_tokens(env: dict[str, Any]) -> dict[str, Any]:
+    verifier, challenge = pkce()
+    code = (await authorize(env, code_challenge=challenge, code_challenge_method="S256"))["code"][0]
+    response = await env["browser"].post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+        auth=("grafana", SECRET))
+    return dict(response.json())
+
+
+async def test_introspection_and_revocation(oidc: Any) -> None:
+    browser = oidc["browser"]
+    token = await code_tokens(oidc)
+
+    async def introspect(value: str, auth: tuple[str, str] = ("grafana", SECRET)) -> dict[str, Any]:
+        return dict((await browser.post("/oauth2/introspect", data={"token": value}, auth=auth)).json())
+
+    access = await introspect(token["access_token"])
+    assert access["active"] and access["sub"] == str(oidc["user"].id) and access["username"] == "alice"
+    assert access["client_id"] == "grafana" and "openid" in access["scope"]
+    assert (await introspect(token["refresh_token"]))["active"]
+    assert await introspect("nonsense") == {"active": False}
+    async with rp(oidc) as client:
+        cc = await client.fetch_token(f"{BASE}/oauth2/token", grant_type="client_credentials")
+    assert (await introspect(cc["access_token"]))["sub"] == "grafana"
+    unauthenticated = await browser.post("/oauth2/introspect", data={"token": token["access_token"]})
+    assert unauthenticated.status_code == 401
+    # Revoking the refresh token ends the grant, its access token with it.
+    revoked = await browser.post("/oauth2/revoke", data={"token": token["refresh_token"],
+                                                         "token_type_hint": "refresh_token"}, auth=("grafana", SECRET))
+    assert revoked.status_code == 200
+    assert await introspect(token["access_token"]) == {"active": False}
+    assert await introspect(token["refresh_token"]) == {"active": False}
+    assert (await browser.post("/oauth2/revoke", data={"token": "unknown"}, auth=("grafana", SECRET))).status_code == 200

@@ -87,8 +87,9 @@ class OIDCConfig(ProviderConfig):
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> OIDCConfig:
-        if not CLIENT_ID.match(self.client_id):
-            raise ValueError("client_id: 1-255 letters, digits and . _ ~ -")
+        if not CLIENT_ID.match(self.client_id) or self.client_id.isdigit():
+            # Not all digits: user subjects are, and a client_credentials token's subject is the client id.
+            raise ValueError("client_id: 1-255 letters, digits and . _ ~ - (not only digits)")
         if self.client_type == "confidential" and not self.client_secret_hash:
             raise ValueError("a confidential client needs client_secret (or client_secret_hash)")
         if self.client_type == "public" and "client_credentials" in self.grant_types:

@@ -46,6 +46,10 @@ async def discovery() -> Any:
         "authorization_endpoint": f"{base}/oauth2/authorize",
         "token_endpoint": f"{base}/oauth2/token",
         "userinfo_endpoint": f"{base}/oauth2/userinfo",
+        "introspection_endpoint": f"{base}/oauth2/introspect",
+        "revocation_endpoint": f"{base}/oauth2/revoke",
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "jwks_uri": f"{base}/oauth2/jwks",
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -375,3 +379,54 @@ async def userinfo() -> Any:
     response = jsonify(body)
     response.headers.update(NO_STORE)
     return response
+
+
+# -- introspection (RFC 7662) and revocation (RFC 7009) -------------------------------------------
+
+
+@oidc_routes.post("/oauth2/introspect")
+async def introspect() -> Any:
+    keystage = web_context.keystage()
+    form = await request.form
+    client = await _authenticate_client(form)
+    if isinstance(client, oauth_errors.OAuth2Error):
+        return _oauth_error(client, basic=request.headers.get("Authorization") is not None)
+    if client.config.client_type != "confidential":
+        return _oauth_error(oauth_errors.UnauthorizedClientError())
+    token = form.get("token", "")
+    if not token:
+        return _oauth_error(oauth_errors.InvalidRequestError("token is missing"))
+    await keyring(keystage).refresh()
+    found = await tokens.find_token(keystage, token, issuer(), kinds=("access", "refresh"))
+    body: dict[str, Any] = {"active": False}
+    # A client learns about its own tokens only (a resource server is a client of its own).
+    if isinstance(found, dict):
+        if found.get("client_id") == client.config.client_id:
+            body = {"active": True, "client_id": found["client_id"], "sub": found["sub"], "scope": found["scope"],
+                    "exp": found["exp"], "iat": found["iat"], "iss": issuer(), "token_type": "Bearer"}
+    elif found is not None and found["provider_id"] == client.provider_id:
+        body = {"active": True, "client_id": found["client_id"], "scope": found["scope"], "exp": found["exp"],
+                "iat": found["iat"], "iss": issuer(),
+                "token_type": "Bearer" if found["kind"] == "access" else "refresh_token",
+                "sub": str(found["user_id"]) if found["user_id"] is not None else found["client_id"]}
+        if found["username"]:
+            body["username"] = found["username"]
+    response = jsonify(body)
+    response.headers.update(NO_STORE)
+    return response
+
+
+@oidc_routes.post("/oauth2/revoke")
+async def revoke() -> Any:
+    keystage = web_context.keystage()
+    form = await request.form
+    client = await _authenticate_client(form)
+    if isinstance(client, oauth_errors.OAuth2Error):
+        return _oauth_error(client, basic=request.headers.get("Authorization") is not None)
+    token = form.get("token", "")
+    if not token:
+        return _oauth_error(oauth_errors.InvalidRequestError("token is missing"))
+    await keyring(keystage).refresh()
+    await tokens.revoke(keystage, token, issuer(), client.provider_id)
+    # RFC 7009 2.2: 200 whether or not there was such a token.
+    return Response("", status=200, headers=NO_STORE)

@@ -173,26 +173,59 @@ async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: st
     return issued
 
 
-async def find_access_token(keystage: Keystage, token: str, issuer: str) -> Any:
-    """The stored access token (JWT: verified first, then found by its jti), with the user's state;
-    None when it is not ours, expired, revoked, or its user is inactive."""
+async def verify_jwt(keystage: Keystage, token: str, issuer: str) -> dict[str, Any] | None:
+    """The claims of a JWT access token this issuer signed and that has not expired, else None."""
+    try:
+        decoded = jwt.decode(token, _Resolver(keystage), algorithms=["RS256", "ES256"])
+    except (JoseError, ValueError, KeyError):
+        return None
+    claims = decoded.claims
+    if claims.get("iss") != issuer or not isinstance(claims.get("exp"), int) or claims["exp"] < time.time():
+        return None
+    return claims
+
+
+TOKEN_COLUMNS = """t.id, t.kind, t.grant_id, t.user_id, t.scope, t.provider_id, p.config ->> 'client_id' AS client_id,
+                   u.username, extract(epoch FROM t.expires_at)::bigint AS exp,
+                   extract(epoch FROM t.created_at)::bigint AS iat"""
+
+
+async def find_token(keystage: Keystage, token: str, issuer: str, *, kinds: tuple[str, ...] = ("access",)) -> Any:
+    """A live stored token (JWT access tokens: verified, then found by their jti) with its client and user;
+    None when it is not ours, expired, revoked, or its user is inactive. A client_credentials JWT (not
+    stored) comes back as its claims (a dict) when valid."""
     key_hash = digest(token)
+    claims = None
     if token.count(".") == 2:
-        try:
-            header = jwt.decode(token, _Resolver(keystage), algorithms=["RS256", "ES256"])
-        except (JoseError, ValueError, KeyError):
-            return None
-        claims = header.claims
-        if claims.get("iss") != issuer or not isinstance(claims.get("exp"), int) or claims["exp"] < time.time():
+        claims = await verify_jwt(keystage, token, issuer)
+        if claims is None:
             return None
         key_hash = digest(str(claims.get("jti", "")))
     row = await keystage.pool.fetchrow(
-        """SELECT t.user_id, t.scope, t.provider_id, p.config ->> 'client_id' AS client_id,
-                  extract(epoch FROM t.expires_at) AS exp, extract(epoch FROM t.created_at) AS iat
-           FROM oidc_tokens t JOIN users u ON u.id = t.user_id JOIN providers p ON p.id = t.provider_id
-           WHERE t.token_hash = $1 AND t.kind = 'access' AND t.revoked_at IS NULL AND t.expires_at > now()
-                 AND u.is_active""", key_hash)
+        f"""SELECT {TOKEN_COLUMNS}
+            FROM oidc_tokens t JOIN providers p ON p.id = t.provider_id LEFT JOIN users u ON u.id = t.user_id
+            WHERE t.token_hash = $1 AND t.kind = ANY($2::text[]) AND t.revoked_at IS NULL AND t.expires_at > now()
+                  AND (t.user_id IS NULL OR u.is_active)""", key_hash, list(kinds))
+    if row is None and claims is not None and claims.get("sub") == claims.get("client_id"):
+        return claims  # client_credentials: no user, not stored (client ids are never all digits)
     return row
+
+
+async def find_access_token(keystage: Keystage, token: str, issuer: str) -> Any:
+    """A live access token of a user (for userinfo), or None."""
+    row = await find_token(keystage, token, issuer)
+    return row if row is not None and not isinstance(row, dict) and row["user_id"] is not None else None
+
+
+async def revoke(keystage: Keystage, token: str, issuer: str, provider_id: int) -> None:
+    """RFC 7009: revoke ``token`` if it is this client's; a refresh token takes its whole grant with it."""
+    row = await find_token(keystage, token, issuer, kinds=("access", "refresh"))
+    if row is None or isinstance(row, dict) or row["provider_id"] != provider_id:
+        return
+    if row["kind"] == "refresh":
+        await revoke_grant(keystage, row["grant_id"])
+    else:
+        await keystage.pool.execute("UPDATE oidc_tokens SET revoked_at = now() WHERE id = $1", row["id"])
 
 
 class _Resolver:
