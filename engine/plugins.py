@@ -54,6 +54,9 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "keystage.stages.user_logout",
     "keystage.stages.deny",
     "keystage.stages.redirect",
+    "keystage.stages.authenticator_totp",
+    "keystage.stages.authenticator_static",
+    "keystage.stages.authenticator_validate",
     "keystage.stages.consent",
     "keystage.plugins.providers.oidc",
 )
