@@ -122,5 +122,21 @@ async def home() -> Any:
         return redirect(f"/flows/{slug}/?{urlencode({'next': '/'})}", 302)
     logout_slug = await slug_for_designation(keystage, "invalidation")
     context = {**web_context.template_globals(), "user": user,
-               "logout_url": f"/flows/{logout_slug}/" if logout_slug else None}
-    return _vary(Response(await render_template("home.html", **context), content_type="text/html; charset=utf-8"))
+               "logout_url": f"/flows/{logout_slug}/" if logout_slug else None,
+               **await library_context(keystage, user, request.args.get("q", ""))}
+    return _vary(Response(await render_template("library.html", **context), content_type="text/html; charset=utf-8"))
+
+
+async def library_context(keystage: Any, user: Any, query: str) -> dict[str, Any]:
+    """The user's application library: what they may use (one policy batch), grouped, filtered by ``query``."""
+    from itertools import groupby
+
+    from .applications import library
+
+    apps = await library(keystage, user, web_context.request_info())
+    searchable = len(apps) > 1
+    needle = query.strip().casefold()[:100]
+    if needle:
+        apps = [a for a in apps if needle in f"{a.name} {a.description} {a.group}".casefold()]
+    groups = [(group, list(items)) for group, items in groupby(apps, key=lambda a: a.group)]
+    return {"groups": groups, "query": query[:100], "searchable": searchable or bool(needle)}
