@@ -426,3 +426,27 @@ async def test_introspection_and_revocation(oidc: Any) -> None:
     assert await introspect(token["access_token"]) == {"active": False}
     assert await introspect(token["refresh_token"]) == {"active": False}
     assert (await browser.post("/oauth2/revoke", data={"token": "unknown"}, auth=("grafana", SECRET))).status_code == 200
+
+
+async def test_documented_grafana_example(oidc: Any, monkeypatch: pytest.MonkeyPatch, group_factory: Any) -> None:
+    """docs/admin/oidc.md's Grafana blueprint applies and gives the claims Grafana's config reads."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "admin" / "oidc.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Example: Grafana"):]
+    blueprint = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
+    monkeypatch.setenv("GRAFANA_CLIENT_SECRET", "g" * 48)
+    await oidc["kernel"].pool.execute("DELETE FROM providers WHERE name = 'grafana'")
+    await oidc["kernel"].pool.execute("DELETE FROM applications WHERE slug = 'grafana'")
+    await apply_blueprint_to(oidc["kernel"], blueprint)
+    admins = await oidc["kernel"].pool.fetchval("SELECT id FROM groups WHERE name = 'grafana-admins'")
+    await oidc["kernel"].users.add_member(admins, oidc["user"].id)
+    verifier, challenge = pkce()
+    code = (await authorize(oidc, code_challenge=challenge, code_challenge_method="S256"))["code"][0]
+    token = (await oidc["browser"].post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+        auth=("grafana", "g" * 48))).json()
+    info = (await oidc["browser"].get("/oauth2/userinfo",
+                                      headers={"Authorization": f"Bearer {token['access_token']}"})).json()
+    assert info["grafana_role"] == "Admin" and "grafana-admins" in info["groups"] and "staff" in info["groups"]
+    assert info["preferred_username"] == "alice" and info["email"] == "alice@example.org"
