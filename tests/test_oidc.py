@@ -450,3 +450,22 @@ async def test_documented_grafana_example(oidc: Any, monkeypatch: pytest.MonkeyP
                                       headers={"Authorization": f"Bearer {token['access_token']}"})).json()
     assert info["grafana_role"] == "Admin" and "grafana-admins" in info["groups"] and "staff" in info["groups"]
     assert info["preferred_username"] == "alice" and info["email"] == "alice@example.org"
+
+
+async def test_token_endpoint_fast_path_answers_like_the_rest(oidc: Any) -> None:
+    browser = oidc["browser"]
+    ok = await browser.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("grafana", SECRET))
+    assert ok.status_code == 200 and ok.headers["cache-control"] == "no-store"
+    assert ok.headers["x-content-type-options"] == "nosniff" and ok.headers["x-request-id"]
+    repeated = await browser.post("/oauth2/token", content=b"grant_type=client_credentials&grant_type=password",
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                  auth=("grafana", SECRET))
+    assert repeated.status_code == 400 and repeated.json()["error"] == "invalid_request"
+    as_json = await browser.post("/oauth2/token", json={"grant_type": "client_credentials"}, auth=("grafana", SECRET))
+    assert as_json.status_code == 400 and as_json.json()["error"] == "invalid_request"
+    unknown = await browser.post("/oauth2/token", data={"grant_type": "password", "username": "alice"},
+                                 auth=("grafana", SECRET))
+    assert unknown.json()["error"] == "unsupported_grant_type"
+    basic = await browser.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("nobody", "x"))
+    assert basic.status_code == 401 and basic.headers["www-authenticate"].startswith("Basic")
+    assert (await browser.get("/oauth2/token")).status_code == 405

@@ -2,7 +2,8 @@
 
 Modules: ``config`` (the provider type and its settings), ``keys`` (signing keys), ``authorize``
 (checking authorization requests), ``tokens`` (codes and tokens), ``claims`` (claims per scope and
-property mappings), ``endpoints`` (HTTP glue), ``cli`` (``keystage keys``). See docs/admin/oidc.md.
+property mappings), ``endpoints`` (HTTP glue), ``fastpath`` (the token endpoint straight from ASGI),
+``cli`` (``keystage keys``). See docs/admin/oidc.md.
 """
 
 from __future__ import annotations
@@ -30,3 +31,11 @@ def register_routes() -> list[Any]:
 @hookimpl
 def register_migrations() -> Path:
     return Path(__file__).parent / "sql"
+
+
+@hookimpl
+def before_serving(app: Any) -> None:
+    from .fastpath import TokenFastPath
+
+    if not isinstance(app.asgi_app, TokenFastPath):
+        app.asgi_app = TokenFastPath(app.asgi_app, app)

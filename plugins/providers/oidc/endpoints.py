@@ -7,9 +7,11 @@ The protocol decisions (what is valid, what is issued) are in ``authorize.py``, 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
@@ -194,22 +196,30 @@ def _finish_with_error(request_id: str, record: dict[str, Any], error: str) -> A
 
 
 # -- token ------------------------------------------------------------------------------------------
+#
+# The token, introspection and revocation endpoints are framework-free (``token_endpoint`` takes the
+# form and the Authorization header and returns status, body and headers): ``fastpath.py`` serves
+# the token endpoint straight from ASGI, the Quart routes below serve the same function.
 
 
-def _oauth_error(error: oauth_errors.OAuth2Error, *, basic: bool = False) -> Response:
+@dataclasses.dataclass
+class Answer:
+    status: int
+    body: dict[str, Any] | None
+    headers: dict[str, str]
+
+
+def _oauth_error(error: oauth_errors.OAuth2Error, *, basic: bool = False) -> Answer:
     body = {"error": error.error}
     if error.description:
         body["error_description"] = error.description
-    response = jsonify(body)
-    response.status_code = error.status_code
-    response.headers.update(NO_STORE)
+    headers = dict(NO_STORE)
     if error.status_code == 401 and basic:
-        response.headers["WWW-Authenticate"] = 'Basic realm="keystage"'
-    return response
+        headers["WWW-Authenticate"] = 'Basic realm="keystage"'
+    return Answer(error.status_code, body, headers)
 
 
-def _basic_credentials() -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
+def _basic_credentials(header: str) -> tuple[str, str] | None:
     if not header[:6].lower() == "basic ":
         return None
     try:
@@ -221,8 +231,9 @@ def _basic_credentials() -> tuple[str, str] | None:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
-async def _authenticate_client(form: Any) -> tokens.Client | oauth_errors.OAuth2Error:
-    basic = _basic_credentials()
+async def _authenticate_client(keystage: Any, form: Mapping[str, str], authorization: str,
+                               db: Any = None) -> tokens.Client | oauth_errors.OAuth2Error:
+    basic = _basic_credentials(authorization)
     if basic is not None and ("client_secret" in form):
         return oauth_errors.InvalidRequestError("use one client authentication method")
     if basic is not None:
@@ -233,7 +244,7 @@ async def _authenticate_client(form: Any) -> tokens.Client | oauth_errors.OAuth2
         client_id, secret = form.get("client_id", ""), form.get("client_secret")
     if not client_id:
         return oauth_errors.InvalidClientError(status_code=401)
-    client = await tokens.find_client(web_context.keystage(), client_id)
+    client = await tokens.find_client(keystage, client_id, db)
     if client is None:
         return oauth_errors.InvalidClientError(status_code=401)
     if client.config.client_type == "public":
@@ -244,32 +255,63 @@ async def _authenticate_client(form: Any) -> tokens.Client | oauth_errors.OAuth2
     return client
 
 
-@oidc_routes.post("/oauth2/token")
-async def token() -> Any:
-    keystage = web_context.keystage()
-    form = await request.form
-    client = await _authenticate_client(form)
+async def token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str], authorization: str,
+                         request_info: Any = None) -> Answer:
+    """RFC 6749 3.2 / 4.1.3 / 4.4 / 6: one token request, answered."""
+    if form.get("grant_type") == "client_credentials":
+        # The hot path: one pooled connection for both of its statements.
+        async with keystage.pool.acquire() as conn:
+            return await _token_endpoint(keystage, issuer_url, form, authorization, request_info, conn)
+    return await _token_endpoint(keystage, issuer_url, form, authorization, request_info, None)
+
+
+async def _token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str], authorization: str,
+                          request_info: Any, db: Any) -> Answer:
+    client = await _authenticate_client(keystage, form, authorization, db)
     if isinstance(client, oauth_errors.OAuth2Error):
-        return _oauth_error(client, basic=request.headers.get("Authorization") is not None)
+        return _oauth_error(client, basic=bool(authorization))
     grant_type = form.get("grant_type", "")
     if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
-        return _oauth_error(oauth_errors.UnsupportedGrantTypeError())
+        return _oauth_error(oauth_errors.UnsupportedGrantTypeError(grant_type))
     if grant_type not in client.config.grant_types:
         return _oauth_error(oauth_errors.UnauthorizedClientError())
     if grant_type == "authorization_code":
-        result = await _code_grant(keystage, client, form)
+        result = await _code_grant(keystage, issuer_url, client, form, request_info)
     elif grant_type == "refresh_token":
-        result = await _refresh_grant(keystage, client, form)
+        result = await _refresh_grant(keystage, issuer_url, client, form, request_info)
     else:
-        result = await _client_credentials_grant(keystage, client, form)
+        result = await _client_credentials_grant(keystage, issuer_url, client, form, db)
     if isinstance(result, oauth_errors.OAuth2Error):
         return _oauth_error(result)
-    response = jsonify(result.as_json())
-    response.headers.update(NO_STORE)
+    return Answer(200, result.as_json(), dict(NO_STORE))
+
+
+def _quart_answer(answer: Answer) -> Response:
+    response = jsonify(answer.body) if answer.body is not None else Response("")
+    response.status_code = answer.status
+    response.headers.update(answer.headers)
     return response
 
 
-async def _code_grant(keystage: Any, client: tokens.Client, form: Any) -> Any:
+async def _form() -> dict[str, str] | None:
+    """The request's form; None when a parameter is repeated (RFC 6749 3.1/3.2: MUST NOT)."""
+    form = await request.form
+    if any(len(values) > 1 for values in form.listvalues()):
+        return None
+    return form.to_dict()
+
+
+@oidc_routes.post("/oauth2/token")
+async def token() -> Any:
+    form = await _form()
+    if form is None:
+        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
+    return _quart_answer(await token_endpoint(web_context.keystage(), issuer(), form,
+                                              request.headers.get("Authorization", ""), web_context.request_info()))
+
+
+async def _code_grant(keystage: Any, issuer_url: str, client: tokens.Client, form: Mapping[str, str],
+                      request_info: Any) -> Any:
     code = form.get("code", "")
     if not code:
         return oauth_errors.InvalidRequestError("code is missing")
@@ -296,17 +338,18 @@ async def _code_grant(keystage: Any, client: tokens.Client, form: Any) -> Any:
     user = await keystage.users.get(row["user_id"])
     id_claims = None
     if "openid" in scopes:
-        id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, web_context.request_info())
+        id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, request_info)
         if row["nonce"]:
             id_claims["nonce"] = row["nonce"]
     return await tokens.issue(
-        keystage, client, issuer=issuer(), grant_id=row["grant_id"], subject=str(row["user_id"]),
+        keystage, client, issuer=issuer_url, grant_id=row["grant_id"], subject=str(row["user_id"]),
         user_id=row["user_id"], scope=row["scope"], auth_time=row["auth_time"],
         with_refresh="offline_access" in scopes and "refresh_token" in client.config.grant_types,
         id_claims=id_claims)
 
 
-async def _refresh_grant(keystage: Any, client: tokens.Client, form: Any) -> Any:
+async def _refresh_grant(keystage: Any, issuer_url: str, client: tokens.Client, form: Mapping[str, str],
+                         request_info: Any) -> Any:
     refresh = form.get("refresh_token", "")
     if not refresh:
         return oauth_errors.InvalidRequestError("refresh_token is missing")
@@ -328,22 +371,22 @@ async def _refresh_grant(keystage: Any, client: tokens.Client, form: Any) -> Any
     user = await keystage.users.get(row["user_id"])
     id_claims = None
     if "openid" in scopes:
-        id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, web_context.request_info())
-    issued = await tokens.issue(
-        keystage, client, issuer=issuer(), grant_id=row["grant_id"], subject=str(row["user_id"]),
+        id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, request_info)
+    return await tokens.issue(
+        keystage, client, issuer=issuer_url, grant_id=row["grant_id"], subject=str(row["user_id"]),
         user_id=row["user_id"], scope=" ".join(scopes), auth_time=row["auth_time"], with_refresh=rotate,
         id_claims=id_claims)
-    return issued
 
 
-async def _client_credentials_grant(keystage: Any, client: tokens.Client, form: Any) -> Any:
+async def _client_credentials_grant(keystage: Any, issuer_url: str, client: tokens.Client,
+                                    form: Mapping[str, str], db: Any) -> Any:
     asked = (form.get("scope") or "").split()
     allowed = set(client.config.scopes) - {"openid", "offline_access"}
     if not set(asked) <= allowed:
         return oauth_errors.InvalidScopeError()
     return await tokens.issue(
-        keystage, client, issuer=issuer(), grant_id=secrets.token_urlsafe(16), subject=client.config.client_id,
-        user_id=None, scope=" ".join(asked), auth_time=None, with_refresh=False, id_claims=None)
+        keystage, client, issuer=issuer_url, grant_id=secrets.token_urlsafe(16), subject=client.config.client_id,
+        user_id=None, scope=" ".join(asked), auth_time=None, with_refresh=False, id_claims=None, db=db)
 
 
 # -- userinfo ---------------------------------------------------------------------------------------
@@ -387,15 +430,18 @@ async def userinfo() -> Any:
 @oidc_routes.post("/oauth2/introspect")
 async def introspect() -> Any:
     keystage = web_context.keystage()
-    form = await request.form
-    client = await _authenticate_client(form)
+    form = await _form()
+    if form is None:
+        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
+    authorization = request.headers.get("Authorization", "")
+    client = await _authenticate_client(keystage, form, authorization)
     if isinstance(client, oauth_errors.OAuth2Error):
-        return _oauth_error(client, basic=request.headers.get("Authorization") is not None)
+        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
     if client.config.client_type != "confidential":
-        return _oauth_error(oauth_errors.UnauthorizedClientError())
+        return _quart_answer(_oauth_error(oauth_errors.UnauthorizedClientError()))
     token = form.get("token", "")
     if not token:
-        return _oauth_error(oauth_errors.InvalidRequestError("token is missing"))
+        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("token is missing")))
     await keyring(keystage).refresh()
     found = await tokens.find_token(keystage, token, issuer(), kinds=("access", "refresh"))
     body: dict[str, Any] = {"active": False}
@@ -419,13 +465,16 @@ async def introspect() -> Any:
 @oidc_routes.post("/oauth2/revoke")
 async def revoke() -> Any:
     keystage = web_context.keystage()
-    form = await request.form
-    client = await _authenticate_client(form)
+    form = await _form()
+    if form is None:
+        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
+    authorization = request.headers.get("Authorization", "")
+    client = await _authenticate_client(keystage, form, authorization)
     if isinstance(client, oauth_errors.OAuth2Error):
-        return _oauth_error(client, basic=request.headers.get("Authorization") is not None)
+        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
     token = form.get("token", "")
     if not token:
-        return _oauth_error(oauth_errors.InvalidRequestError("token is missing"))
+        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("token is missing")))
     await keyring(keystage).refresh()
     await tokens.revoke(keystage, token, issuer(), client.provider_id)
     # RFC 7009 2.2: 200 whether or not there was such a token.

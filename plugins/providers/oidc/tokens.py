@@ -44,11 +44,11 @@ class Client:
 _CONFIGS: dict[tuple[int, float], OIDCConfig] = {}
 
 
-async def find_client(keystage: Keystage, client_id: str) -> Client | None:
+async def find_client(keystage: Keystage, client_id: str, db: Any = None) -> Client | None:
     """The OIDC provider with this client id (one query; the parsed config is reused while unchanged)."""
     from .config import OIDCConfig
 
-    row = await keystage.pool.fetchrow(
+    row = await (db or keystage.pool).fetchrow(
         """SELECT p.id, p.config, extract(epoch FROM p.updated_at) AS version, a.id AS app_id, a.slug, a.name
            FROM providers p LEFT JOIN applications a ON a.provider_id = p.id
            WHERE p.type = 'oidc' AND p.config ->> 'client_id' = $1""", client_id)
@@ -136,7 +136,7 @@ def at_hash(access_token: str) -> str:
 
 async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: str, subject: str,
                 user_id: int | None, scope: str, auth_time: float | None, with_refresh: bool,
-                id_claims: dict[str, Any] | None) -> Issued:
+                id_claims: dict[str, Any] | None, db: Any = None) -> Issued:
     """Make the access token (JWT or opaque), a refresh token and an ID token as asked, and store them
     in one statement (client_credentials JWTs are not stored: they have no user to deactivate)."""
     config = client.config
@@ -164,7 +164,7 @@ async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: st
             claims["auth_time"] = int(auth_time)
         issued.id_token = await sign(keystage, config.signing_alg, claims)
     if rows:
-        await keystage.pool.execute(
+        await (db or keystage.pool).execute(
             """INSERT INTO oidc_tokens (token_hash, kind, grant_id, provider_id, user_id, scope, auth_time, expires_at)
                SELECT h, k, $3, $4, $5, $6, to_timestamp($7), now() + make_interval(secs => l)
                FROM unnest($1::bytea[], $2::text[], $8::float8[]) AS t(h, k, l)""",
