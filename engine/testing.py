@@ -37,6 +37,7 @@ Helpers: ``registered_plugin(kernel_or_app, plugin, name)`` (a context manager, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -156,22 +157,33 @@ def keystage_template_database(
     return name
 
 
-@pytest.fixture
-def keystage_database_url(keystage_server_url: str, keystage_template_database: str) -> Iterator[str]:
-    name = f"keystage_t_{secrets.token_hex(6)}"
+@contextlib.contextmanager
+def fresh_database(server_url: str, *, template: str | None = None, prefix: str = "keystage_t") -> Iterator[str]:
+    """A new database on ``server_url`` (empty, or a copy of ``template``), dropped afterwards.
+
+    Yields its URL. Usable from synchronous fixtures and tests (it runs its own event loop).
+    """
+    name = f"{prefix}_{secrets.token_hex(6)}"
 
     async def run(sql: str) -> None:
-        conn = await asyncpg.connect(keystage_server_url)
+        conn = await asyncpg.connect(server_url, timeout=10)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
-    asyncio.run(run(f'CREATE DATABASE "{name}" TEMPLATE "{keystage_template_database}"'))
+    clone = f' TEMPLATE "{template}"' if template else ""
+    asyncio.run(run(f'CREATE DATABASE "{name}"{clone}'))
     try:
-        yield with_database(keystage_server_url, name)
+        yield with_database(server_url, name)
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def keystage_database_url(keystage_server_url: str, keystage_template_database: str) -> Iterator[str]:
+    with fresh_database(keystage_server_url, template=keystage_template_database) as url:
+        yield url
 
 
 @pytest.fixture

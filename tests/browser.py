@@ -24,10 +24,8 @@ Fixtures:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -43,14 +41,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from keystage.engine.testing import skip_or_fail, with_database
+from keystage.engine.testing import fresh_database, skip_or_fail
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 KEYSTAGE = Path(sys.executable).parent / "keystage"
@@ -104,16 +101,6 @@ def _http_status(url: str) -> int | None:
         return int(exc.code)
     except OSError:
         return None
-
-
-async def _sql(server_url: str, statement: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(server_url, timeout=10)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 class LiveServer:
@@ -185,26 +172,21 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
-    """``keystage serve`` on a fresh database; stopped and the database dropped afterwards."""
+def live_server(tmp_path: Path, keystage_server_url: str) -> Iterator[LiveServer]:
+    """``keystage serve`` on a fresh database of the test kit's server (KEYSTAGE_TEST_DATABASE_URL,
+    or the embedded one); stopped and the database dropped afterwards."""
     if not KEYSTAGE.exists():
         skip_or_fail(f"the keystage console script is not installed next to {sys.executable}")
-    server_url = os.environ.get("KEYSTAGE_TEST_DATABASE_URL") or DEFAULT_SERVER_URL
-    name = f"keystage_browser_{secrets.token_hex(6)}"
-    try:
-        asyncio.run(_sql(server_url, f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncio.TimeoutError) as exc:
-        skip_or_fail(f"browser tests need PostgreSQL at KEYSTAGE_TEST_DATABASE_URL ({server_url}): {exc}")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    server = LiveServer(with_database(server_url, name), data_dir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        # Shown by pytest under "Captured stdout teardown" when the test failed.
-        print(f"--- keystage serve log ({server.log_path}) ---\n{server.output()}")
-        asyncio.run(_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        with contextlib.suppress(OSError):
-            shutil.rmtree(data_dir)
+    with fresh_database(keystage_server_url, prefix="keystage_browser") as database_url:
+        server = LiveServer(database_url, data_dir)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+            # Shown by pytest under "Captured stdout teardown" when the test failed.
+            print(f"--- keystage serve log ({server.log_path}) ---\n{server.output()}")
+            with contextlib.suppress(OSError):
+                shutil.rmtree(data_dir)

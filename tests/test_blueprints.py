@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from keystage.engine.blueprints import (
 from keystage.engine.policy import PolicyConfig, PolicyRequest, PolicyResult, PolicyType
 from keystage.engine.runtime import Keystage
 from keystage.engine.stage import Stage, StageConfig
-from keystage.engine.testing import base_settings, with_database
+from keystage.engine.testing import base_settings, fresh_database
 
 # -- stage types of our own: the real ones live in stages/ and may change ------------------------
 
@@ -109,20 +108,8 @@ async def kernel(keystage_settings: Any) -> Any:
 @pytest.fixture
 def other_database_url(keystage_server_url: str, keystage_template_database: str) -> Any:
     """A second fresh database, for applying an export somewhere empty."""
-    name = f"keystage_t_{secrets.token_hex(6)}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(keystage_server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}" TEMPLATE "{keystage_template_database}"'))
-    try:
-        yield with_database(keystage_server_url, name)
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(keystage_server_url, template=keystage_template_database) as url:
+        yield url
 
 
 SAMPLE = """\

@@ -32,10 +32,9 @@ import httpx
 import pytest
 
 from keystage.engine.sessions import COOKIE_NAME, store_key
-from keystage.engine.testing import base_settings, with_database
+from keystage.engine.testing import base_settings, fresh_database
 
 KEYSTAGE = Path(sys.executable).parent / "keystage"
-SERVER_URL = os.environ.get("KEYSTAGE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 FLOW = "default-authentication-flow"
 EXECUTOR = f"/api/v1/flows/{FLOW}/executor"
 USERNAME = "alice"
@@ -46,14 +45,6 @@ SIGNED_IN = f"You are signed in as {USERNAME}."
 
 
 # -- database -------------------------------------------------------------------------
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(SERVER_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _prepare(database_url: str, data_dir: Path) -> None:
@@ -75,15 +66,11 @@ async def _prepare(database_url: str, data_dir: Path) -> None:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    name = f"keystage_fp_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        url = with_database(SERVER_URL, name)
+def database_url(tmp_path: Path, keystage_server_url: str) -> Iterator[str]:
+    # The test kit's server: KEYSTAGE_TEST_DATABASE_URL, or the embedded one on a bare machine.
+    with fresh_database(keystage_server_url, prefix="keystage_fp") as url:
         asyncio.run(_prepare(url, tmp_path / "prepare"))
         yield url
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _fetchval(database_url: str, sql: str, *args: Any) -> Any:
