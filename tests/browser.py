@@ -11,8 +11,8 @@ Fixtures:
   ``playwright`` package is missing; failed instead when ``KEYSTAGE_TEST_REQUIRE_ALL=1`` (CI).
   Never run ``playwright install``: the system Chromium is used.
 * ``live_server`` — ``keystage serve`` as a subprocess on a free port, against a fresh, empty
-  database created on the server at ``KEYSTAGE_TEST_DATABASE_URL`` (default
-  postgresql://postgres@127.0.0.1:5432/postgres) and dropped ``WITH (FORCE)`` afterwards.
+  database created on the test kit's server (``KEYSTAGE_TEST_DATABASE_URL``, or the embedded
+  PostgreSQL) and dropped ``WITH (FORCE)`` afterwards.
   ``KEYSTAGE_EXTERNAL_URL`` is ``http://localhost:<port>`` and pages are to be opened at
   ``live_server.url`` (that same origin), so WebAuthn tests get the relying-party id
   ``localhost``, which browsers accept over plain http. Nothing is prepared in the database:

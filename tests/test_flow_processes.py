@@ -1,7 +1,7 @@
 """Flows across real ``keystage serve`` processes: plans and sessions live in the store, not in a worker.
 
-Each test gets its own database on the PostgreSQL server at ``KEYSTAGE_TEST_DATABASE_URL``
-(default postgresql://postgres@127.0.0.1:5432/postgres), prepared in this process (migrations,
+Each test gets its own database on the test kit's server (``KEYSTAGE_TEST_DATABASE_URL``, or the
+embedded PostgreSQL), prepared in this process (migrations,
 the shipped default blueprints, a user) and dropped afterwards. The servers are the real
 console script, one worker each, on free ports; several are started in parallel.
 
