@@ -469,3 +469,17 @@ async def test_token_endpoint_fast_path_answers_like_the_rest(oidc: Any) -> None
     basic = await browser.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("nobody", "x"))
     assert basic.status_code == 401 and basic.headers["www-authenticate"].startswith("Basic")
     assert (await browser.get("/oauth2/token")).status_code == 405
+
+
+async def test_many_concurrent_token_requests_on_a_fresh_key_ring(oidc: Any) -> None:
+    """More concurrent requests than pooled connections while the first signing key is created and
+    the key ring refreshes: no request may wait for a second connection while holding one."""
+    import asyncio
+
+    async def one() -> int:
+        response = await oidc["browser"].post("/oauth2/token", data={"grant_type": "client_credentials"},
+                                              auth=("grafana", SECRET))
+        return response.status_code
+
+    statuses = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(40))), timeout=60)
+    assert set(statuses) == {200}

@@ -13,6 +13,7 @@ most every ``REFRESH`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -74,13 +75,16 @@ class KeyRing:
         self._lock = asyncio.Lock()
         self._cipher = _cipher(keystage.settings.secret_key)
 
-    async def refresh(self, force: bool = False) -> None:
+    async def refresh(self, force: bool = False, db: Any = None) -> None:
+        """Re-read which keys exist (at most every REFRESH s). ``db``: a connection the caller holds, so
+        that a request holding one never waits for a second (a pool of N and N waiting requests would
+        deadlock)."""
         if not force and time.monotonic() - self.checked < REFRESH:
             return
         async with self._lock:
             if not force and time.monotonic() - self.checked < REFRESH:
                 return
-            rows = await self.keystage.pool.fetch(
+            rows = await (db or self.keystage.pool).fetch(
                 """SELECT kid, alg, public_jwk, extract(epoch FROM signs_from) AS signs_from,
                           extract(epoch FROM retire_at) AS retire_at,
                           CASE WHEN kid = ANY($1::text[]) THEN NULL ELSE private_key END AS private_key
@@ -111,13 +115,13 @@ class KeyRing:
         nonce = os.urandom(12)
         return nonce + self._cipher.encrypt(nonce, der, b"oidc-signing-key")
 
-    async def signing_key(self, alg: str) -> SigningKey:
+    async def signing_key(self, alg: str, db: Any = None) -> SigningKey:
         """The newest key of ``alg`` whose signing time has come; one is created if there is none."""
-        await self.refresh()
+        await self.refresh(db=db)
         key = self._current(alg)
         if key is None:
-            await self.create(alg, signs_from_now=True, only_if_missing=True)
-            await self.refresh(force=True)
+            await self.create(alg, signs_from_now=True, only_if_missing=True, db=db)
+            await self.refresh(force=True, db=db)
             key = self._current(alg)
         assert key is not None
         return key
@@ -135,9 +139,10 @@ class KeyRing:
         return {"keys": [k.public_jwk for k in sorted(self.keys.values(), key=lambda k: (k.alg, -k.signs_from))]}
 
     async def create(self, alg: str, *, signs_from_now: bool, only_if_missing: bool = False,
-                     publish_ahead: int = 0, retire_old_after: int = 0) -> str | None:
+                     publish_ahead: int = 0, retire_old_after: int = 0, db: Any = None) -> str | None:
         der, public, _ = generate(alg)
-        async with self.keystage.pool.acquire() as conn, conn.transaction():
+        held = contextlib.nullcontext(db) if db is not None else self.keystage.pool.acquire()
+        async with held as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK)
             if only_if_missing and await conn.fetchval(
                     "SELECT 1 FROM oidc_signing_keys WHERE alg = $1 AND signs_from <= now()"

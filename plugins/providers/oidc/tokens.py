@@ -121,8 +121,8 @@ class Issued:
         return body
 
 
-async def sign(keystage: Keystage, alg: str, claims: dict[str, Any], typ: str | None = None) -> str:
-    key = await keyring(keystage).signing_key(alg)
+async def sign(keystage: Keystage, alg: str, claims: dict[str, Any], typ: str | None = None, db: Any = None) -> str:
+    key = await keyring(keystage).signing_key(alg, db)
     header = {"alg": alg, "kid": key.kid}
     if typ:
         header["typ"] = typ
@@ -147,7 +147,7 @@ async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: st
         access = await sign(keystage, config.signing_alg, {
             "iss": issuer, "sub": subject, "aud": config.client_id, "client_id": config.client_id,
             "iat": now, "exp": now + config.access_token_lifetime, "jti": jti, "scope": scope,
-        }, typ="at+jwt")
+        }, typ="at+jwt", db=db)
         if user_id is not None:
             rows.append((digest(jti), "access", config.access_token_lifetime))
     else:
@@ -162,7 +162,7 @@ async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: st
                   "iat": now, "exp": now + config.id_token_lifetime, "at_hash": at_hash(access)}
         if auth_time is not None:
             claims["auth_time"] = int(auth_time)
-        issued.id_token = await sign(keystage, config.signing_alg, claims)
+        issued.id_token = await sign(keystage, config.signing_alg, claims, db=db)
     if rows:
         await (db or keystage.pool).execute(
             """INSERT INTO oidc_tokens (token_hash, kind, grant_id, provider_id, user_id, scope, auth_time, expires_at)
