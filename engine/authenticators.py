@@ -41,11 +41,13 @@ class DeviceClass:
         """Delete one of the user's devices; False when there is no such device of theirs."""
         raise NotImplementedError
 
-    async def challenge(self, ctx: StageContext, user_id: int) -> dict[str, Any]:
-        """Extra challenge fields the validate stage shows for this kind (e.g. WebAuthn options)."""
+    async def challenge(self, ctx: StageContext, user_id: int, config: Any = None) -> dict[str, Any]:
+        """Extra challenge fields the validate stage shows for this kind (e.g. WebAuthn options).
+        ``config`` is the calling stage's config."""
         return {}
 
-    async def verify(self, ctx: StageContext, user_id: int, response: Mapping[str, Any]) -> bool | None:
+    async def verify(self, ctx: StageContext, user_id: int, response: Mapping[str, Any],
+                     config: Any = None) -> bool | None:
         """Check the response against the user's devices: True, False, or None when the response
         holds nothing for this kind (so that another kind may answer it)."""
         raise NotImplementedError
@@ -61,6 +63,11 @@ def device_classes(keystage: Keystage) -> dict[str, DeviceClass]:
     return found
 
 
+# What AUTHENTICATED_BY holds after a login with a passkey and user verification: possession and
+# a PIN or biometric at once, which stands in for both the password and a second factor.
+PASSKEY = "passkey"
+
+
 def may_enrol(ctx: StageContext, user_id: int | None) -> bool:
     """Whether this flow may add an authenticator to ``user_id``: the session's own user, or a user
     an earlier stage of this flow authenticated."""
@@ -71,4 +78,4 @@ def may_enrol(ctx: StageContext, user_id: int | None) -> bool:
     return ctx.session.user_id == user_id or bool(ctx.plan.get(AUTHENTICATED_BY))
 
 
-__all__ = ["Device", "DeviceClass", "device_classes", "may_enrol"]
+__all__ = ["PASSKEY", "Device", "DeviceClass", "device_classes", "may_enrol"]

@@ -57,6 +57,7 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "keystage.stages.authenticator_totp",
     "keystage.stages.authenticator_static",
     "keystage.stages.authenticator_validate",
+    "keystage.stages.authenticator_webauthn",
     "keystage.stages.consent",
     "keystage.plugins.providers.oidc",
 )

@@ -71,10 +71,15 @@ class StaticDevices(DeviceClass):
         return [Device(self.kind, row["id"], LABEL, row["created_at"], row["last_used_at"])]
 
     async def remove(self, keystage: Keystage, user_id: int, device_id: int) -> bool:
-        done = await keystage.pool.execute("DELETE FROM authenticator_static_codes WHERE user_id = $1", user_id)
+        # The set is named by one of its codes' ids (see list()); it must be this user's.
+        done = await keystage.pool.execute(
+            """DELETE FROM authenticator_static_codes WHERE user_id = $1
+               AND EXISTS (SELECT 1 FROM authenticator_static_codes WHERE id = $2 AND user_id = $1)""",
+            user_id, device_id)
         return not done.endswith(" 0")
 
-    async def verify(self, ctx: StageContext, user_id: int, response: Mapping[str, Any]) -> bool | None:
+    async def verify(self, ctx: StageContext, user_id: int, response: Mapping[str, Any],
+                     config: Any = None) -> bool | None:
         code = response.get("code")
         cleaned = normalize(code[:64]) if isinstance(code, str) else None
         if cleaned is None:

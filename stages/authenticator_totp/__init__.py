@@ -83,7 +83,8 @@ class TOTPDevices(DeviceClass):
             "DELETE FROM authenticator_totp_devices WHERE id = $1 AND user_id = $2", device_id, user_id)
         return bool(done.endswith(" 1"))
 
-    async def verify(self, ctx: StageContext, user_id: int, response: Mapping[str, Any]) -> bool | None:
+    async def verify(self, ctx: StageContext, user_id: int, response: Mapping[str, Any],
+                     config: Any = None) -> bool | None:
         code = response.get("code")
         if not isinstance(code, str) or not code.strip():
             return None

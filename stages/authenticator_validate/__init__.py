@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pydantic
 
 from keystage.engine import events
-from keystage.engine.authenticators import DeviceClass, device_classes
+from keystage.engine.authenticators import PASSKEY, DeviceClass, device_classes
 from keystage.engine.flow_context import AUTHENTICATED_BY, PENDING_USER, ContextKey
 from keystage.engine.flows import load_flow
 from keystage.engine.hookspecs import hookimpl
@@ -31,6 +31,8 @@ CONFIGURING: ContextKey[dict[str, Any]] = ContextKey("authenticator_validate_con
 
 class ValidateConfig(StageConfig):
     device_classes: list[str] = pydantic.Field(default_factory=lambda: ["totp", "static", "webauthn"], min_length=1)
+    # For security keys and passkeys: whether the authenticator must check a PIN or biometric.
+    webauthn_user_verification: Literal["required", "preferred", "discouraged"] = "preferred"
     not_configured_action: Literal["skip", "deny", "configure"] = "skip"
     configuration_flow: str | None = None
 
@@ -58,9 +60,13 @@ class ValidateStage(Stage):
                 offered[kind] = device_class
         return offered
 
+    def _passkey_used(self) -> bool:
+        # A passkey with user verification already was both factors.
+        return PASSKEY in (self.ctx.plan.get(AUTHENTICATED_BY) or [])
+
     async def challenge(self) -> dict[str, Any] | None:
         user_id = self.ctx.plan.get(PENDING_USER)
-        if user_id is None:
+        if user_id is None or self._passkey_used():
             return None
         if self.ctx.plan.get(CONFIGURING) is not None:
             return await self._configure_challenge()
@@ -72,13 +78,15 @@ class ValidateStage(Stage):
             return None  # skip or deny: submit() says which
         fields: dict[str, Any] = {"device_classes": list(classes)}
         for device_class in classes.values():
-            fields.update(await device_class.challenge(self.ctx, user_id))
+            fields.update(await device_class.challenge(self.ctx, user_id, self.config))
         return fields
 
     async def submit(self, response: Mapping[str, Any]) -> StageResult:
         user_id = self.ctx.plan.get(PENDING_USER)
         if user_id is None:
             return Deny(self.ctx.gettext("Please identify yourself first."))
+        if self._passkey_used():
+            return Continue()
         if self.ctx.plan.get(CONFIGURING) is not None:
             return await self._configure_submit(response)
         classes = await self._classes(user_id)
@@ -97,7 +105,7 @@ class ValidateStage(Stage):
                 "Too many failed attempts. Please try again later."))]})
         answered = False
         for kind, device_class in classes.items():
-            result = await device_class.verify(self.ctx, user_id, response)
+            result = await device_class.verify(self.ctx, user_id, response, self.config)
             if result is None:
                 continue
             answered = True
@@ -170,3 +178,10 @@ class ValidateStage(Stage):
 @hookimpl
 def register_stage_types() -> list[type[Stage]]:
     return [ValidateStage]
+
+
+@hookimpl
+def register_routes() -> list[Any]:
+    from .settings import views
+
+    return [views]

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import pydantic
 
 from keystage.engine import events
+from keystage.engine.authenticators import device_classes
 from keystage.engine.flow_context import AUTHENTICATED_BY, PENDING_IDENTIFIER, PENDING_USER
 from keystage.engine.hookspecs import hookimpl
 from keystage.engine.stage import Continue, FieldError, Invalid, Stage, StageConfig, StageResult
@@ -27,6 +28,8 @@ class IdentificationConfig(StageConfig):
     show_password: bool = False
     enrollment_flow: str | None = None
     recovery_flow: str | None = None
+    # Offer passkeys in the username field (WebAuthn conditional mediation, where the browser can).
+    passkey_login: bool = False
 
 
 class IdentificationStage(Stage):
@@ -62,9 +65,27 @@ class IdentificationStage(Stage):
             "enroll_url": f"/flows/{self.config.enrollment_flow}/" if self.config.enrollment_flow else None,
             "recovery_url": f"/flows/{self.config.recovery_flow}/" if self.config.recovery_flow else None,
             "pending_identifier": self.ctx.plan.get(PENDING_IDENTIFIER) or "",
+            **(await self._passkey_challenge()),
         }
 
+    async def _passkey_challenge(self) -> dict[str, Any]:
+        webauthn = device_classes(self.ctx.keystage).get("webauthn") if self.config.passkey_login else None
+        return await webauthn.login_challenge(self.ctx) if webauthn is not None else {}  # type: ignore[attr-defined]
+
+    async def _passkey(self, raw: Any) -> StageResult:
+        webauthn = device_classes(self.ctx.keystage).get("webauthn")
+        user_id = await webauthn.login(self.ctx, raw) if webauthn is not None else None  # type: ignore[attr-defined]
+        user = await self.ctx.keystage.users.get(user_id) if user_id else None
+        if user is None or not user.is_active:
+            return Invalid({"uid_field": [FieldError("invalid", self.ctx.gettext(
+                "The security key or passkey was not accepted."))]})
+        self.ctx.plan.set(PENDING_IDENTIFIER, user.username)
+        self.ctx.plan.set(PENDING_USER, user.id)
+        return Continue()
+
     async def submit(self, response: Mapping[str, Any]) -> StageResult:
+        if self.config.passkey_login and response.get("passkey"):
+            return await self._passkey(response["passkey"])
         uid = response.get("uid_field")
         if not isinstance(uid, str) or not uid.strip():
             return Invalid({"uid_field": [FieldError("required", self._missing())]})

@@ -14,6 +14,7 @@ from typing import Any
 import pydantic
 
 from keystage.engine import events
+from keystage.engine.authenticators import PASSKEY
 from keystage.engine.flow_context import AUTHENTICATED_BY, PENDING_IDENTIFIER, PENDING_USER
 from keystage.engine.hookspecs import hookimpl
 from keystage.engine.stage import Cancel, Continue, Deny, FieldError, Invalid, Stage, StageConfig, StageResult
@@ -34,10 +35,18 @@ class PasswordStage(Stage):
 
     config: PasswordConfig
 
-    async def challenge(self) -> dict[str, Any]:
+    def _passkey_used(self) -> bool:
+        # Signed in with a passkey that verified the user (identification page): no password needed.
+        return PASSKEY in (self.ctx.plan.get(AUTHENTICATED_BY) or []) and self.ctx.plan.get(PENDING_USER) is not None
+
+    async def challenge(self) -> dict[str, Any] | None:
+        if self._passkey_used():
+            return None
         return {"pending_identifier": self.ctx.plan.get(PENDING_IDENTIFIER) or ""}
 
     async def submit(self, response: Mapping[str, Any]) -> StageResult:
+        if self._passkey_used():
+            return Continue()
         identifier = self.ctx.plan.get(PENDING_IDENTIFIER)
         user_id = self.ctx.plan.get(PENDING_USER)
         if identifier is None and user_id is None:
