@@ -241,3 +241,46 @@ async def test_admin_clear_is_an_unblock_event(keystage: Keystage) -> None:
         "SELECT count(*) FROM events WHERE action = 'brute_force_unblocked' AND context->>'reason' = 'admin'") == 1
     with pytest.raises(ValueError):
         await throttle.clear()
+
+
+def test_security_show_and_clear_commands(tmp_path: Any, keystage_database_url: str) -> None:
+    import asyncio
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from keystage.engine.testing import base_settings
+
+    async def seed() -> None:
+        kernel = Keystage(base_settings(keystage_database_url, tmp_path / "seed"))
+        await kernel.open()
+        try:
+            throttle = Throttle(kernel)
+            for _ in range(6):
+                await throttle.failed(await throttle.check(username="Ivy", ip="192.0.2.44"))
+        finally:
+            await kernel.close()
+
+    asyncio.run(seed())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYSTAGE_", "_KEYSTAGE_"))}
+    env.update(KEYSTAGE_DATABASE_URL=keystage_database_url, KEYSTAGE_DATA_DIR=str(tmp_path / "data"))
+    command = [str(Path(sys.executable).parent / "keystage"), "security"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    shown = run("show", "--ip", "192.0.2.44", "--json")
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert {r["scope"] for r in rows} == {"user_ip", "ip"} and all(r["failures"] == 6 for r in rows)
+    assert next(r for r in rows if r["scope"] == "user_ip")["retry_after"] > 0
+    table = run("show", "--user", "ivy")
+    assert "user_ip" in table.stdout and "ivy" in table.stdout and "192.0.2.44" in table.stdout
+    refused = run("clear")
+    assert refused.returncode == 2 and "--all" in refused.stderr
+    cleared = run("clear", "--user", "IVY")
+    assert cleared.returncode == 0 and "cleared 2 counter(s)" in cleared.stdout
+    remaining = json.loads(run("show", "--json").stdout)
+    assert [r["scope"] for r in remaining] == ["ip"]
