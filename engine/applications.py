@@ -136,26 +136,47 @@ async def _binding_results(keystage: Keystage, bindings: dict[tuple[str, int], l
     batch: list[tuple[policy_engine.Binding, Any]] = []
     others: list[policy_engine.Binding] = []
     expression_type = keystage.policy_types.get("expression")
+    built: dict[tuple[int | None, int], Any] = keystage.state.setdefault("library_policies", {})
+    cache = policy_engine._cache(keystage)
+    cache_request = _policy_request(keystage, None, user, request)
+    keys: dict[int, tuple[Any, ...]] = {}
     for binding in every:
         if binding.user_id is not None:
             outcome[binding.id] = (user.id == binding.user_id) != binding.negate
         elif binding.group_id is not None:
             outcome[binding.id] = (binding.group_id in group_ids) != binding.negate
         elif expression_type is not None and binding.policy_type == "expression":
-            try:
-                policy = expression_type(binding.policy_name or "",
-                                         expression_type.validate_config(binding.policy_config or {}))
-            except Exception as exc:  # a stored config that no longer validates: fail closed
-                log.warning("policy %s cannot be loaded: %s", binding.policy_name, exc)
-                outcome[binding.id] = binding.failure_result
-                continue
+            # Built once per policy version (validation and compilation are most of its cost).
+            key = (binding.policy_id, binding.policy_version)
+            policy = built.get(key) if binding.policy_id is not None else None
+            if policy is None:
+                try:
+                    policy = expression_type(binding.policy_name or "",
+                                             expression_type.validate_config(binding.policy_config or {}))
+                except Exception as exc:  # a stored config that no longer validates: fail closed
+                    log.warning("policy %s cannot be loaded: %s", binding.policy_name, exc)
+                    outcome[binding.id] = binding.failure_result
+                    continue
+                if binding.policy_id is not None:
+                    if len(built) > 20_000:
+                        built.clear()
+                    built[key] = policy
+            if policy.cacheable and binding.policy_id is not None:
+                # The engine's exact result cache (policy and user versions are in the key).
+                cache_key = (binding.policy_id, binding.policy_version, user.id, user.version,
+                             policy.cache_key(cache_request))
+                cached = cache.get(cache_key)
+                if cached is not None:
+                    outcome[binding.id] = cached.passing != binding.negate
+                    continue
+                keys[binding.id] = cache_key
             batch.append((binding, policy))
         else:
             others.append(binding)
     if batch:
         # One context for all of them; the application differs per binding, so expressions that
         # read request.application see none here (documented in docs/admin/oidc.md).
-        policy_request = _policy_request(keystage, None, user, request)
+        policy_request = cache_request
         timeout = max(b.timeout for b, _ in batch)
         try:
             answers: Sequence[Any] = await asyncio.wait_for(
@@ -167,6 +188,8 @@ async def _binding_results(keystage: Keystage, bindings: dict[tuple[str, int], l
         for (binding, _), answer in zip(batch, answers):
             if isinstance(answer, PolicyResult):
                 outcome[binding.id] = answer.passing != binding.negate
+                if binding.id in keys:
+                    cache.put(keys[binding.id], answer)
             else:
                 log.warning("policy %s failed: %s", binding.policy_name, answer)
                 outcome[binding.id] = binding.failure_result

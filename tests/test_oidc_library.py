@@ -69,3 +69,10 @@ async def test_library_lists_what_the_user_may_use(keystage_app: Any, keystage_c
     assert "Grafana" in found and "Wiki" not in found
     none = await (await keystage_client.get("/?q=zzz")).get_data(as_text=True)
     assert "No application matches your search." in none
+
+    # Cached policy results follow membership changes at once (the user's version is in the key).
+    finance = await kernel_of(keystage_app).users.create_group("finance")
+    bob = await kernel_of(keystage_app).users.find("bob")
+    await kernel_of(keystage_app).users.add_member(finance.id, bob.id)
+    page = await (await keystage_client.get("/")).get_data(as_text=True)
+    assert "https://payroll.example.org/" in page
