@@ -556,7 +556,7 @@ def test_shipped_defaults_are_well_formed() -> None:
     loaded = {path.name: load(path) for path in sorted(DEFAULTS_DIRECTORY.glob("*.yaml"))}
     assert {b.name for b in loaded.values()} == {
         "default-authentication-flow", "default-invalidation-flow", "default-enrollment-flow", "initial-setup",
-        "default-provider-authorization-flows"}
+        "default-provider-authorization-flows", "default-authenticator-setup-flows"}
     for name, blueprint in loaded.items():
         assert name == f"{blueprint.name}.yaml"
         assert {e.state for e in blueprint.entries} == {"created"}
@@ -564,13 +564,17 @@ def test_shipped_defaults_are_well_formed() -> None:
 
 async def test_shipped_defaults_apply_with_the_bundled_stage_types(keystage: Keystage) -> None:
     applied = await apply_defaults(keystage)
-    assert sorted(applied) == ["default-authentication-flow", "default-enrollment-flow", "default-invalidation-flow",
+    assert sorted(applied) == ["default-authentication-flow", "default-authenticator-setup-flows",
+                               "default-enrollment-flow", "default-invalidation-flow",
                                "default-provider-authorization-flows", "initial-setup"]
     assert await apply_defaults(keystage) == []
     flows = {r["slug"]: (r["designation"], r["title"], r["denied_action"])
              for r in await keystage.pool.fetch("SELECT * FROM flows")}
     assert flows == {
         "default-authentication-flow": ("authentication", "Welcome to keystage!", "message"),
+        "default-authenticator-totp-setup": ("stage_configuration", "Authenticator app", "message"),
+        "default-authenticator-static-setup": ("stage_configuration", "Recovery codes", "message"),
+        "default-authenticator-webauthn-setup": ("stage_configuration", "Security key or passkey", "message"),
         "default-invalidation-flow": ("invalidation", "", "message"),
         "default-enrollment-flow": ("enrollment", "Create your account", "message"),
         "initial-setup": ("stage_configuration", "Welcome to keystage! Create the first administrator.", "message"),
@@ -584,6 +588,9 @@ async def test_shipped_defaults_apply_with_the_bundled_stage_types(keystage: Key
         ("default-authentication-flow", 10, "default-authentication-identification", "identification"),
         ("default-authentication-flow", 20, "default-authentication-password", "password"),
         ("default-authentication-flow", 100, "default-authentication-login", "user_login"),
+        ("default-authenticator-static-setup", 10, "default-authenticator-static-setup", "authenticator_static"),
+        ("default-authenticator-totp-setup", 10, "default-authenticator-totp-setup", "authenticator_totp"),
+        ("default-authenticator-webauthn-setup", 10, "default-authenticator-webauthn-setup", "authenticator_webauthn"),
         ("default-enrollment-flow", 10, "default-enrollment-prompt", "prompt"),
         ("default-enrollment-flow", 20, "default-enrollment-user-write", "user_write"),
         ("default-enrollment-flow", 100, "default-enrollment-login", "user_login"),
