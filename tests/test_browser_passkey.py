@@ -35,6 +35,21 @@ entries:
     identifiers: {flow: passkey-login, stage: passkey-login-webauthn, order: 10}
   - model: flow_stage_binding
     identifiers: {flow: passkey-login, stage: passkey-login-login, order: 20}
+  - model: flow
+    identifiers: {slug: login-with-autofill}
+    attrs: {name: Autofill, title: Sign in, designation: authentication}
+  - model: stage
+    identifiers: {name: autofill-identification}
+    attrs: {type: identification, config: {passkey_login: true}}
+  - model: stage
+    identifiers: {name: autofill-password}
+    attrs: {type: password, config: {}}
+  - model: flow_stage_binding
+    identifiers: {flow: login-with-autofill, stage: autofill-identification, order: 10}
+  - model: flow_stage_binding
+    identifiers: {flow: login-with-autofill, stage: autofill-password, order: 20}
+  - model: flow_stage_binding
+    identifiers: {flow: login-with-autofill, stage: passkey-login-login, order: 30}
 """
 
 
@@ -85,6 +100,13 @@ async def test_register_a_passkey_then_sign_in_without_a_password(
         assert "You are signed in as alice." in await page.content()
         credentials = (await cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator}))["credentials"]
         assert credentials[0]["signCount"] >= 1
+
+        # The identification page offers the passkey in the username field's autofill (conditional
+        # mediation); the virtual authenticator picks it at once: signed in, nothing typed, no password page.
+        await context.clear_cookies()
+        await page.goto(live_server.url + "/flows/login-with-autofill/?next=/", wait_until="commit")
+        await page.wait_for_url(live_server.url + "/", timeout=TIMEOUT_MS)
+        await page.get_by_text("You are signed in as alice.").wait_for()
         assert not errors, errors
     finally:
         await context.close()
