@@ -483,3 +483,38 @@ async def test_many_concurrent_token_requests_on_a_fresh_key_ring(oidc: Any) -> 
 
     statuses = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(40))), timeout=60)
     assert set(statuses) == {200}
+
+
+async def test_opaque_client_credentials_quick_path_follows_changes(oidc: Any, apply_blueprint: Any) -> None:
+    def service(secret: str) -> str:
+        return f"""
+version: 1
+metadata: {{name: svc}}
+entries:
+  - model: provider
+    identifiers: {{name: svc}}
+    attrs:
+      type: oidc
+      config: {{client_id: svc, client_secret: {secret}, grant_types: [client_credentials],
+               scopes: ["api:read"], access_token_format: opaque}}
+"""
+    first, second = "a" * 40, "b" * 40
+    await apply_blueprint(service(first))
+    browser = oidc["browser"]
+
+    async def token(secret: str) -> httpx.Response:
+        return await browser.post("/oauth2/token", data={"grant_type": "client_credentials", "scope": "api:read"},
+                                  auth=("svc", secret))
+
+    for _ in range(3):  # the second and third are answered in one statement
+        response = await token(first)
+        assert response.status_code == 200 and response.json()["access_token"].count(".") == 0
+    introspected = (await browser.post("/oauth2/introspect", data={"token": response.json()["access_token"]},
+                                       auth=("svc", first))).json()
+    assert introspected["active"] and introspected["sub"] == "svc" and introspected["scope"] == "api:read"
+    assert (await token(first[:-1] + "x")).status_code == 401
+    await apply_blueprint(service(second))
+    assert (await token(first)).status_code == 401
+    assert (await token(second)).status_code == 200
+    await oidc["kernel"].pool.execute("DELETE FROM providers WHERE name = 'svc'")
+    assert (await token(second)).status_code == 401

@@ -39,9 +39,15 @@ class Client:
     application_slug: str | None
     application_id: int | None
     application_name: str | None
+    version: str = ""  # md5 of the stored config: what "unchanged" means below
 
 
-_CONFIGS: dict[tuple[int, float], OIDCConfig] = {}
+def _clients(keystage: Keystage) -> dict[str, Client]:
+    """Clients as last read by this process, by client id. Never trusted alone: see ``issue_if_unchanged``."""
+    found = keystage.state.get("oidc_clients")
+    if found is None:
+        found = keystage.state["oidc_clients"] = {}
+    return found
 
 
 async def find_client(keystage: Keystage, client_id: str, db: Any = None) -> Client | None:
@@ -49,20 +55,44 @@ async def find_client(keystage: Keystage, client_id: str, db: Any = None) -> Cli
     from .config import OIDCConfig
 
     row = await (db or keystage.pool).fetchrow(
-        """SELECT p.id, p.config, extract(epoch FROM p.updated_at) AS version, a.id AS app_id, a.slug, a.name
+        """SELECT p.id, p.config, md5(p.config::text) AS version, a.id AS app_id, a.slug, a.name
            FROM providers p LEFT JOIN applications a ON a.provider_id = p.id
            WHERE p.type = 'oidc' AND p.config ->> 'client_id' = $1""", client_id)
+    known = _clients(keystage)
     if row is None:
+        known.pop(client_id, None)
         return None
-    key = (row["id"], float(row["version"]))
-    config = _CONFIGS.get(key)
-    if config is None:
+    previous = known.get(client_id)
+    if previous is not None and previous.provider_id == row["id"] and previous.version == row["version"]:
+        config = previous.config
+    else:
         raw = row["config"]
         config = OIDCConfig.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
-        if len(_CONFIGS) > 10_000:
-            _CONFIGS.clear()
-        _CONFIGS[key] = config
-    return Client(row["id"], config, row["slug"], row["app_id"], row["name"])
+    client = Client(row["id"], config, row["slug"], row["app_id"], row["name"], row["version"])
+    if len(known) > 10_000:
+        known.clear()
+    known[client_id] = client
+    return client
+
+
+def remembered_client(keystage: Keystage, client_id: str) -> Client | None:
+    return _clients(keystage).get(client_id)
+
+
+async def issue_opaque_if_unchanged(db: Any, client: Client, *, grant_id: str, scope: str) -> Issued | None:
+    """client_credentials with an opaque token in one statement, for a client this process has read
+    before: the token is stored only if the provider's config is still exactly what was checked
+    (same md5), so the answer depends on the database as it is now. None: changed or gone, take
+    the ordinary path."""
+    config = client.config
+    access = new_secret()
+    stored = await db.fetchval(
+        """INSERT INTO oidc_tokens (token_hash, kind, grant_id, provider_id, user_id, scope, expires_at)
+           SELECT $1, 'access', $2, p.id, NULL, $3, now() + make_interval(secs => $4)
+           FROM providers p WHERE p.id = $5 AND md5(p.config::text) = $6
+           RETURNING id""",
+        digest(access), grant_id, scope, float(config.access_token_lifetime), client.provider_id, client.version)
+    return Issued(access, config.access_token_lifetime, scope) if stored is not None else None
 
 
 async def create_code(keystage: Keystage, client: Client, *, user_id: int, redirect_uri: str, scope: str,
