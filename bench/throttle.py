@@ -2,8 +2,10 @@
 
 Cases, each with PostgreSQL alone and with Redis (``--redis``, default redis://127.0.0.1:6379/15):
 
-* ``check_clean`` — a client with no recent failures (the common case): the whole cost a normal login pays.
-* ``check_counted`` — a client whose (identifier, IP), IP and identifier counters all exist.
+* ``check_clean`` — a client with no recent failures (the common case): ``check`` then ``succeeded``, the
+  whole cost a normal login pays (read the counters, take and free the in-flight places).
+* ``check_counted`` — a client whose (identifier, IP), IP and identifier counters all exist (``check``
+  then ``release``).
 * ``failed`` — counting one failure (attackers pay this; users who mistype too).
 
 Timed one call at a time in this process, after a warm-up: wall time p50/p90 per call, and CPU
@@ -90,11 +92,11 @@ async def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
                     await throttle._warming
             for _ in range(args.rounds):
                 for store, (_kernel, throttle) in kernels.items():
-                    def clean(t: Throttle = throttle) -> Any:
-                        return t.check(username=f"user{secrets.randbelow(10**6)}", ip="198.51.100.9")
+                    async def clean(t: Throttle = throttle) -> None:
+                        await t.succeeded(await t.check(username=f"user{secrets.randbelow(10**6)}", ip="198.51.100.9"))
 
-                    def known(t: Throttle = throttle) -> Any:
-                        return t.check(username=counted[0], ip=counted[1])
+                    async def known(t: Throttle = throttle) -> None:
+                        await t.release(await t.check(username=counted[0], ip=counted[1]))
 
                     async def fail(t: Throttle = throttle) -> None:
                         await t.failed(await t.check(username=f"x{secrets.randbelow(10**9)}",

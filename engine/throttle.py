@@ -29,8 +29,12 @@ Every block (a failure after which the next attempt must wait) and every unblock
 passed, a success, an admin clearing the counter) is an event: ``brute_force_blocked`` and
 ``brute_force_unblocked``.
 
-Known limit: the check and the count are two steps, so requests sent all at once by one client
-are all checked before any of them counts; the password hashing pool bounds how many that can be.
+Requests sent all at once would all pass the check before any of them counts, so ``check`` also
+reserves a place among the attempts in flight (a key-value counter per scope, ``IN_FLIGHT``): one
+at a time per (identifier, IP) and per user for codes, a few at a time per IP. An attempt beyond that
+is refused like one during a delay. ``failed``/``succeeded`` free the place after counting (or
+``release`` when the stage gives up); a place a crashed request kept frees itself after
+``IN_FLIGHT_TTL`` seconds.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ MAX_IDENTIFIER = 254
 # One failure in this many also deletes a batch of forgotten rows (no separate purge loop needed).
 PURGE_ONE_IN = 50
 PURGE_BATCH = 1000
+# Attempts that may be checked at once, per scope (see the module doc), and how long a place lasts.
+IN_FLIGHT = {"user_ip": 1, "ip": 8, "code": 1}
+IN_FLIGHT_TTL = 15.0
 
 Scope = Literal["user_ip", "ip", "user", "code"]
 SCOPES: tuple[str, ...] = ("user_ip", "ip", "user", "code")
@@ -133,6 +140,7 @@ class Attempt:
     user_id: int | None
     counters: dict[tuple[str, str, str], Counter | None]
     retry_after: float  # seconds until an attempt is allowed; 0 when it is
+    reserved: list[str] = dataclasses.field(default_factory=list)  # in-flight places held (kv keys)
 
     @property
     def blocked(self) -> bool:
@@ -242,15 +250,22 @@ class Throttle:
 
     async def check(self, *, username: str | None, ip: str, kind: Kind = "password",
                     user_id: int | None = None) -> Attempt:
-        """Load the counters of this attempt; ``attempt.blocked`` says whether it must be refused.
+        """Load the counters of this attempt and take its in-flight places; ``attempt.blocked`` says
+        whether it must be refused. Pass the attempt to ``failed``, ``succeeded`` or ``release``.
 
-        One round trip (Redis or PostgreSQL) for a client with no recent failures.
+        For a client with no recent failures: one read and the place-taking, side by side.
         """
         name = normalize(username)
         keys = self.keys(kind, name, ip)
         now = self.clock()
-        counters = await self.load(keys, now=now)
-        attempt = Attempt(kind, name, ip, user_id, counters, self._retry_after(counters.values(), now))
+        places = self._places(keys)
+        counters, counts = await asyncio.gather(self.load(keys, now=now), self._take(places))
+        attempt = Attempt(kind, name, ip, user_id, counters, self._retry_after(counters.values(), now),
+                          [key for key, _ in places])
+        if attempt.blocked or any(count > limit for count, (_, limit) in zip(counts, places)):
+            await self.release(attempt)
+            # Another attempt of the same client is being checked: wait for it like for a delay.
+            attempt.retry_after = max(attempt.retry_after, 1.0)
         # A wait that has passed ends the block: say so once (the UPDATE picks one worker).
         ended = [c for c in counters.values()
                  if c is not None and self._blocking(c) and not self._announced(c)
@@ -262,12 +277,29 @@ class Throttle:
             await self._events("brute_force_unblocked", rows, attempt, reason="elapsed")
         return attempt
 
+    @staticmethod
+    def _places(keys: Sequence[tuple[str, str, str]]) -> list[tuple[str, int]]:
+        return [(f"{KV_PREFIX}inflight:{scope}:{ip}/{username}", IN_FLIGHT[scope])
+                for scope, username, ip in keys if scope in IN_FLIGHT]
+
+    async def _take(self, places: list[tuple[str, int]]) -> list[int]:
+        kv = self.keystage.kv
+        return list(await asyncio.gather(*[kv.incr(key, 1, ttl=IN_FLIGHT_TTL) for key, _ in places]))
+
+    async def release(self, attempt: Attempt) -> None:
+        """Free the attempt's in-flight places (``failed`` and ``succeeded`` do it themselves)."""
+        reserved, attempt.reserved = attempt.reserved, []
+        if reserved:
+            kv = self.keystage.kv
+            await asyncio.gather(*[kv.incr(key, -1, ttl=IN_FLIGHT_TTL) for key in reserved])
+
     async def failed(self, attempt: Attempt) -> list[Counter]:
         """Count a failure for every counter of ``attempt``; records a block event where a wait starts."""
         now = self.clock()
         keys = list(attempt.counters)
         counters = await self._write(self._FAIL, keys, now, [float(self.rules[k[0]].forget_after) for k in keys])
         blocked = [c for c in counters if self._blocking(c)]
+        await self.release(attempt)  # after counting: the next attempt in line sees this failure
         await self._events("brute_force_blocked", blocked, attempt, now=now)
         if random.randrange(PURGE_ONE_IN) == 0:
             await self.keystage.pool.execute(self._PURGE, _ts(now), PURGE_BATCH)
@@ -277,8 +309,10 @@ class Throttle:
         """Clear the caller's own counters after a success (never the IP's: see the module doc)."""
         mine = [c for c in attempt.counters.values() if c is not None and c.scope != "ip"]
         if not mine:
-            return  # the common case costs nothing
-        rows = await self._write(self._CLEAR, [c.key for c in mine], self.clock())
+            await self.release(attempt)  # the common case: nothing else to write
+            return
+        rows, _ = await asyncio.gather(self._write(self._CLEAR, [c.key for c in mine], self.clock()),
+                                       self.release(attempt))
         await self._events("brute_force_unblocked",
                            [c for c in rows if self._blocking(c) and not self._announced(c)], attempt,
                            reason="success")

@@ -284,3 +284,31 @@ def test_security_show_and_clear_commands(tmp_path: Any, keystage_database_url: 
     assert cleared.returncode == 0 and "cleared 2 counter(s)" in cleared.stdout
     remaining = json.loads(run("show", "--json").stdout)
     assert [r["scope"] for r in remaining] == ["ip"]
+
+
+async def test_attempts_sent_at_once_are_checked_one_at_a_time(settings: Any) -> None:
+    import asyncio
+
+    from keystage.engine.throttle import IN_FLIGHT
+
+    kernel = Keystage(settings)
+    await kernel.open()
+    try:
+        throttle = Throttle(kernel, clock=Clock())
+        name, ip = f"burst{secrets.token_hex(3)}", unique_ip()
+        attempts = await asyncio.gather(*[throttle.check(username=name, ip=ip) for _ in range(20)])
+        allowed = [a for a in attempts if not a.blocked]
+        assert len(allowed) == 1  # a burst of guesses for one account gets one guess at a time
+        await throttle.failed(allowed[0])
+        following = await throttle.check(username=name, ip=ip)
+        assert not following.blocked
+        await throttle.succeeded(following)
+        # Spraying at once across identifiers: a few at a time per address.
+        ip = unique_ip()
+        attempts = await asyncio.gather(*[throttle.check(username=f"s{i}", ip=ip) for i in range(20)])
+        assert sum(not a.blocked for a in attempts) == IN_FLIGHT["ip"]
+        for attempt in attempts:
+            await throttle.release(attempt)
+        assert not (await throttle.check(username="s0", ip=ip)).blocked
+    finally:
+        await kernel.close()

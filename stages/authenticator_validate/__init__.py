@@ -114,6 +114,7 @@ class ValidateStage(Stage):
                 self.ctx.plan.set(AUTHENTICATED_BY, [*(self.ctx.plan.get(AUTHENTICATED_BY) or []), kind])
                 return Continue()
         if not answered:
+            await throttle.release(attempt)
             return Invalid({"code": [FieldError("required", self.ctx.gettext("Please enter the code."))]})
         await throttle.failed(attempt)
         await events.record(self.ctx.keystage, events.Event(
