@@ -179,3 +179,36 @@ async def test_code_attempts_are_rate_limited_per_user(keystage_app: Any, ks: An
     assert (await other.submit(code=codes[0]))["component"] == "redirect"
     assert await ks.pool.fetchval("SELECT count(*) FROM events WHERE action = 'login_failed' "
                                   "AND context->>'stage' = 'authenticator_validate'") == 5
+
+
+async def test_html_pages_of_the_validate_stage(keystage_app: Any, ks: Any) -> None:
+    await make_flow(ks, "enrol-totp", [("authenticator_totp", {})], designation="stage_configuration")
+    await login_flow(ks, "configure", not_configured_action="configure", configuration_flow="enrol-totp")
+    html = {"Accept": "text/html"}
+    client = keystage_app.test_client()
+    driver = FlowDriver(client)
+    await driver.start("configure")
+    await driver.submit("identification", uid_field="dana")
+    await driver.submit("password", password="right password")
+    body = await (await client.get("/flows/configure/", headers=html)).get_data(as_text=True)
+    # Enrolling inside the validate step: the TOTP setup page, answered as authenticator_validate.
+    assert '<svg xmlns="http://www.w3.org/2000/svg"' in body and 'name="code"' in body
+    assert 'name="component" value="authenticator_validate"' in body
+    user_id = await ks.pool.fetchval("SELECT id FROM users WHERE username = 'dana'")
+    await replace_codes(ks, user_id, [new_code() for _ in range(10)])
+    await ks.pool.execute(
+        "INSERT INTO authenticator_webauthn_credentials (user_id, name, credential_id, public_key) "
+        "VALUES ($1, 'key', '\\x01', '\\x02')", user_id)
+    await login_flow(ks, "login")
+    client = keystage_app.test_client()
+    driver = FlowDriver(client)
+    await driver.start("login")
+    await driver.submit("identification", uid_field="dana")
+    await driver.submit("password", password="right password")
+    body = await (await client.get("/flows/login/", headers=html)).get_data(as_text=True)
+    assert "Enter one of your recovery codes." in body and 'autocomplete="one-time-code"' in body
+    assert 'data-webauthn="authenticate"' in body and 'id="webauthn-authenticate"' in body
+    assert 'data-msg-failed="Your browser could not use the security key or passkey. Please try again."' in body
+    german = await (await client.get("/flows/login/?locale=de", headers=html)).get_data(as_text=True)
+    assert "Geben Sie einen Ihrer Wiederherstellungscodes ein." in german
+    assert "Sicherheitsschlüssel oder Passkey verwenden" in german
