@@ -82,3 +82,27 @@ async def test_someone_elses_device_cannot_be_removed(keystage_app: Any) -> None
         "csrf_token": csrf(body), "device": f"static:{other_device}", "password": "right password"}, headers=HTML)
     assert answer.status_code == 404
     assert await ks.pool.fetchval("SELECT count(*) FROM authenticator_static_codes WHERE user_id = $1", other.id) == 10
+
+
+async def test_an_account_without_password_confirms_with_a_code(keystage_app: Any) -> None:
+    ks = keystage_app.extensions["keystage"]
+    user = await ks.users.create("ida")  # no password: signs in another way
+    codes = [new_code() for _ in range(10)]
+    await replace_codes(ks, user.id, codes)
+    client = keystage_app.test_client()
+    # Signed in with a recovery code as the only factor (a flow made for the test).
+    await make_flow(ks, "code-login", [("identification", {}), ("authenticator_validate", {}), ("user_login", {})])
+    driver = FlowDriver(client)
+    await driver.start("code-login")
+    await driver.submit("identification", uid_field="ida")
+    assert (await driver.submit(code=codes[0]))["component"] == "redirect"
+    _, body = await page(client)
+    assert 'name="code"' in body and 'name="password"' not in body
+    device = re.search(r'name="device" value="(static:\d+)"', body).group(1)  # type: ignore[union-attr]
+    wrong = await client.post("/settings/authenticators/", form={
+        "csrf_token": csrf(body), "device": device, "code": "aaaaa-aaaaa"}, headers=HTML)
+    assert wrong.status_code == 400 and "The code is not correct." in await wrong.get_data(as_text=True)
+    done = await client.post("/settings/authenticators/", form={
+        "csrf_token": csrf(body), "device": device, "code": codes[1]}, headers=HTML)
+    assert done.status_code == 303
+    assert await ks.pool.fetchval("SELECT count(*) FROM authenticator_static_codes") == 0

@@ -4,6 +4,7 @@ new ones. Served at ``/settings/authenticators/``."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -53,6 +54,7 @@ async def _page(user: Any, errors: dict[str, list[FieldError]] | None = None, st
     messages = [_("The authenticator was removed.")] if request.args.get("removed") and not errors else []
     body = await render_page(
         TEMPLATE, devices=devices, enrol=enrol, messages=messages, csrf_token=csrf_token(g.session),
+        with_password=bool(user.password_hash),
         errors={k: [e.as_json() for e in v] for k, v in (errors or {}).items()}, first_error=None)
     return body, status, {"Cache-Control": "no-store"}
 
@@ -77,18 +79,23 @@ async def remove() -> Any:
     _ = web_context.translations().gettext
     kind, _sep, device_id = str(form.get("device", "")).partition(":")
     device_class = device_classes(keystage).get(kind)
-    password = form.get("password", "")
-    if not password:
-        return await _page(user, {"password": [FieldError("required", _("Please enter your password."))]}, 400)
+    # The fresh authentication: the password, or for an account without one a code (TOTP or recovery).
+    field = "password" if user.password_hash else "code"
+    secret = str(form.get(field, ""))[:1024]
+    if not secret:
+        return await _page(user, {field: [FieldError("required", _(
+            "Please enter your password.") if field == "password" else _("Please enter the code."))]}, 400)
     info = web_context.request_info()
     throttle = throttle_of(keystage)
-    attempt = await throttle.check(username=user.username, ip=info.client_ip, user_id=user.id)
+    attempt = await throttle.check(username=user.username, ip=info.client_ip, user_id=user.id,
+                                   kind="password" if field == "password" else "code")
     if attempt.blocked:
-        return await _page(user, {"password": [FieldError("throttled", _(
+        return await _page(user, {field: [FieldError("throttled", _(
             "Too many failed attempts. Please try again later."))]}, 429)
-    if not await keystage.users.check_password(user, password[:1024]):
+    if not await _confirmed(keystage, user, field, secret):
         await throttle.failed(attempt)
-        return await _page(user, {"password": [FieldError("invalid", _("The password is not correct."))]}, 400)
+        return await _page(user, {field: [FieldError("invalid", _(
+            "The password is not correct.") if field == "password" else _("The code is not correct."))]}, 400)
     await throttle.succeeded(attempt)
     if device_class is None or not device_id.isdigit() or not await device_class.remove(keystage, user.id,
                                                                                          int(device_id)):
@@ -97,3 +104,15 @@ async def remove() -> Any:
         "authenticator_removed", user_id=user.id, username=user.username, client_ip=info.client_ip,
         user_agent=info.user_agent, context={"kind": kind, "id": int(device_id)}))
     return redirect(f"{PATH}?removed=1", 303)
+
+
+async def _confirmed(keystage: Any, user: Any, field: str, secret: str) -> bool:
+    if field == "password":
+        return bool(await keystage.users.check_password(user, secret))
+    # The code device classes only need the kernel from their context.
+    ctx: Any = SimpleNamespace(keystage=keystage)
+    for kind in ("totp", "static"):
+        device_class = device_classes(keystage).get(kind)
+        if device_class is not None and await device_class.verify(ctx, user.id, {"code": secret}):
+            return True
+    return False
