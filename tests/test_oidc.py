@@ -518,3 +518,24 @@ entries:
     assert (await token(second)).status_code == 200
     await oidc["kernel"].pool.execute("DELETE FROM providers WHERE name = 'svc'")
     assert (await token(second)).status_code == 401
+
+
+async def test_policy_on_the_authorization_flow_is_not_skipped(oidc: Any, apply_blueprint: Any) -> None:
+    """The consent-only shortcut is taken only when nothing is bound to the authorization flow."""
+    await apply_blueprint("""
+version: 1
+metadata: {name: closed-authz}
+entries:
+  - model: policy
+    identifiers: {name: closed}
+    attrs: {type: static, config: {passing: false}}
+  - model: policy_binding
+    identifiers: {flow: default-provider-authorization-implicit-consent, policy: closed}
+""")
+    await login(oidc["browser"], "/")
+    response = await oidc["browser"].get("/oauth2/authorize?" + urlencode({
+        "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid"}))
+    assert response.status_code == 302 and response.headers["location"].startswith(
+        "/flows/default-provider-authorization-implicit-consent/")
+    flow_page = await oidc["browser"].get(response.headers["location"])
+    assert flow_page.status_code == 403 and "code=" not in flow_page.headers.get("location", "")

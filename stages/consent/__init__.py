@@ -29,6 +29,25 @@ class ConsentConfig(StageConfig):
     consent_lifetime: int = pydantic.Field(default=30 * 86400, ge=0, le=10 * 365 * 86400)
 
 
+async def remembered(keystage: Any, user_id: int, app_id: int, scopes: list[str]) -> bool:
+    """Whether a live remembered consent of ``user_id`` for the application covers every scope."""
+    return bool(await keystage.pool.fetchval(
+        """SELECT scopes @> $3::text[] FROM consents
+           WHERE user_id = $1 AND application_id = $2 AND (expires_at IS NULL OR expires_at > now())""",
+        user_id, app_id, scopes))
+
+
+async def decide(keystage: Any, config: ConsentConfig, user_id: int, app_id: int,
+                 record: Mapping[str, Any]) -> Literal["grant", "ask", "consent_required"]:
+    """What the stage does without input: grant, ask the user, or (``prompt=none``) refuse."""
+    if config.mode == "implicit":
+        return "grant"
+    if "consent" not in record["prompt"] and config.consent_lifetime > 0 and \
+            await remembered(keystage, user_id, app_id, record["scopes"]):
+        return "grant"
+    return "consent_required" if "none" in record["prompt"] else "ask"
+
+
 class ConsentStage(Stage):
     type_name = "consent"
     Config = ConsentConfig
@@ -40,12 +59,6 @@ class ConsentStage(Stage):
     def _request(self) -> tuple[str, dict[str, Any]] | None:
         return applications.pending_authorization_for(self.ctx.session, self.ctx.plan.get(REDIRECT))
 
-    async def _remembered(self, user_id: int, app_id: int, scopes: list[str]) -> bool:
-        return bool(await self.ctx.keystage.pool.fetchval(
-            """SELECT scopes @> $3::text[] FROM consents
-               WHERE user_id = $1 AND application_id = $2 AND (expires_at IS NULL OR expires_at > now())""",
-            user_id, app_id, scopes))
-
     async def challenge(self) -> dict[str, Any] | None:
         found = self._request()
         user_id = self.ctx.plan.get(PENDING_USER)
@@ -55,13 +68,8 @@ class ConsentStage(Stage):
         if self.config.mode == "implicit":
             return None
         app = await applications.get_application(self.ctx.keystage, slug=record["application"])
-        if app is None:
-            return None
-        if "consent" not in record["prompt"] and self.config.consent_lifetime > 0 and \
-                await self._remembered(user_id, app.id, record["scopes"]):
-            return None
-        if "none" in record["prompt"]:
-            return None  # submit() sends consent_required to the client
+        if app is None or await decide(self.ctx.keystage, self.config, user_id, app.id, record) != "ask":
+            return None  # submit() grants, denies or sends consent_required to the client
         return {"application_name": record["application_name"],
                 "descriptions": [self.ctx.gettext(d) for d in record["descriptions"]]}
 
@@ -77,10 +85,9 @@ class ConsentStage(Stage):
         app = await applications.get_application(self.ctx.keystage, slug=record["application"])
         if app is None:
             return Deny(self.ctx.gettext("You are not allowed to continue."))
-        remembered = ("consent" not in record["prompt"] and self.config.consent_lifetime > 0
-                      and await self._remembered(user_id, app.id, record["scopes"]))
-        if not remembered:
-            if "none" in record["prompt"]:
+        decision = await decide(self.ctx.keystage, self.config, user_id, app.id, record)
+        if decision != "grant":
+            if decision == "consent_required":
                 return Redirect(record["consent_required_url"])
             if response.get("consent") not in TRUE_VALUES:
                 return Redirect(record["deny_url"])

@@ -169,10 +169,21 @@ async def _continue(request_id: str, *, first: bool) -> Any:
             return redirect(record["deny_url"], 302)
         return await _denied_page()
     if not record.get("granted"):
-        flow = await load_flow(keystage, client.config.authorization_flow)
-        if flow is None:
-            return await _error_page(503)
-        return redirect(f"/flows/{flow.slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
+        shortcut = await _consent_only_flow(keystage, client.config.authorization_flow)
+        if shortcut is not None:
+            # The flow is nothing but one consent stage with no policy bound: decide here what it would,
+            # and only send the user to it when it has to ask.
+            from keystage.stages.consent import decide
+
+            decision = await decide(keystage, shortcut, user.id, app.id, record)
+            if decision == "consent_required":
+                return redirect(record["consent_required_url"], 302)
+            record["granted"] = decision == "grant"
+        if not record.get("granted"):
+            flow = await load_flow(keystage, client.config.authorization_flow)
+            if flow is None:
+                return await _error_page(503)
+            return redirect(f"/flows/{flow.slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
     applications.pending_authorizations(g.session).pop(request_id, None)
     g.session.modified = True
     code = await tokens.create_code(
@@ -180,6 +191,26 @@ async def _continue(request_id: str, *, first: bool) -> Any:
         nonce=record["nonce"], code_challenge=record["code_challenge"], auth_time=auth_time)
     return redirect(authz.response_url(record["redirect_uri"], {"code": code, "state": record["state"],
                                                                 "iss": issuer()}), 302)
+
+
+async def _consent_only_flow(keystage: Any, slug: str) -> Any:
+    """The consent stage's config when flow ``slug`` is exactly one consent stage and nothing is bound
+    to the flow or its stage binding (one query); None otherwise."""
+    from keystage.stages.consent import ConsentConfig
+
+    row = await keystage.pool.fetchrow(
+        """SELECT count(*) AS stages, min(s.type) AS type, min(s.config::text) AS config,
+                  (SELECT count(*) FROM policy_bindings pb
+                   WHERE pb.flow_id = f.id OR pb.stage_binding_id IN
+                         (SELECT id FROM flow_stage_bindings WHERE flow_id = f.id)) AS bound
+           FROM flows f JOIN flow_stage_bindings b ON b.flow_id = f.id JOIN stages s ON s.id = b.stage_id
+           WHERE f.slug = $1 GROUP BY f.id""", slug)
+    if row is None or row["stages"] != 1 or row["type"] != "consent" or row["bound"]:
+        return None
+    try:
+        return ConsentConfig.model_validate_json(row["config"])
+    except ValueError:
+        return None  # the flow itself will say what is wrong
 
 
 def _save(request_id: str, record: dict[str, Any]) -> None:
