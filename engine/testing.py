@@ -137,24 +137,19 @@ def keystage_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def keystage_template_database(
     keystage_server_url: str, tmp_path_factory: pytest.TempPathFactory, keystage_plugins: list[str]
-) -> str:
-    """A database migrated once for the session; each test clones it (fast) instead of migrating."""
-    name = f"keystage_tpl_{os.getpid()}_{secrets.token_hex(3)}"
+) -> Iterator[str]:
+    """A database migrated once for the session; each test clones it (fast) instead of migrating.
+    Dropped at the end of the session, so a shared server does not collect them."""
+    with fresh_database(keystage_server_url, prefix=f"keystage_tpl_{os.getpid()}") as url:
+        settings = base_settings(url, tmp_path_factory.mktemp("tpl"), plugins=keystage_plugins)
 
-    async def build() -> None:
-        conn = await asyncpg.connect(keystage_server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        settings = base_settings(with_database(keystage_server_url, name), tmp_path_factory.mktemp("tpl"),
-                                 plugins=keystage_plugins)
-        kernel = Keystage(settings)
-        await kernel.open(migrate=True)
-        await kernel.close()
+        async def build() -> None:
+            kernel = Keystage(settings)
+            await kernel.open(migrate=True)
+            await kernel.close()
 
-    asyncio.run(build())
-    return name
+        asyncio.run(build())
+        yield urlsplit(url).path.lstrip("/")
 
 
 @contextlib.contextmanager
