@@ -36,6 +36,7 @@ entries:
         client_id: grafana
         client_secret: {SECRET}
         redirect_uris: ["{REDIRECT}"]
+        post_logout_redirect_uris: ["https://grafana.example.org/logged-out"]
         grant_types: [authorization_code, refresh_token, client_credentials]
         scopes: [openid, profile, email, groups, offline_access, "api:read"]
         authorization_flow: default-provider-authorization-implicit-consent
@@ -539,3 +540,31 @@ entries:
         "/flows/default-provider-authorization-implicit-consent/")
     flow_page = await oidc["browser"].get(response.headers["location"])
     assert flow_page.status_code == 403 and "code=" not in flow_page.headers.get("location", "")
+
+
+async def test_rp_initiated_logout(oidc: Any) -> None:
+    browser = oidc["browser"]
+    kernel = oidc["kernel"]
+    await apply_defaults(kernel)  # already applied: the invalidation flow exists
+    token = await code_tokens(oidc)
+    query = {"id_token_hint": token["id_token"], "post_logout_redirect_uri": "https://grafana.example.org/logged-out",
+             "state": "bye"}
+    response = await browser.get("/oauth2/end-session?" + urlencode(query))
+    location = response.headers["location"]
+    for _ in range(5):
+        if not location.startswith("/"):
+            break
+        location = (await browser.get(location)).headers["location"]
+    assert location == "https://grafana.example.org/logged-out?state=bye"
+    assert (await browser.get("/")).headers["location"].startswith("/flows/default-authentication-flow/")
+    # An unregistered address (or a forged return) ends on keystage's own page.
+    await code_tokens(oidc)
+    query["post_logout_redirect_uri"] = "https://evil.example.org/"
+    location = (await browser.get("/oauth2/end-session?" + urlencode(query))).headers["location"]
+    for _ in range(5):
+        if not location.startswith("/flows/"):
+            break
+        location = (await browser.get(location)).headers["location"]
+    assert location == "/oauth2/end-session/done"
+    forged = await browser.get("/oauth2/end-session/done?to=eyJ0byI6Imh0dHBzOi8vZXZpbC5leGFtcGxlIn0.AAAA")
+    assert forged.headers["location"] == "/"

@@ -50,6 +50,7 @@ async def discovery() -> Any:
         "userinfo_endpoint": f"{base}/oauth2/userinfo",
         "introspection_endpoint": f"{base}/oauth2/introspect",
         "revocation_endpoint": f"{base}/oauth2/revoke",
+        "end_session_endpoint": f"{base}/oauth2/end-session",
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "jwks_uri": f"{base}/oauth2/jwks",
@@ -533,3 +534,20 @@ async def revoke() -> Any:
     await tokens.revoke(keystage, token, issuer(), client.provider_id)
     # RFC 7009 2.2: 200 whether or not there was such a token.
     return Response("", status=200, headers=NO_STORE)
+
+
+# -- RP-initiated logout ------------------------------------------------------------------------------
+
+
+@oidc_routes.route("/oauth2/end-session", methods=["GET", "POST"])
+async def end_session() -> Any:
+    from .logout import end_session as run
+
+    return await run(issuer())
+
+
+@oidc_routes.get("/oauth2/end-session/done")
+async def end_session_done() -> Any:
+    from .logout import end_session_done as run
+
+    return await run()

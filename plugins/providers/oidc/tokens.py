@@ -203,14 +203,18 @@ async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: st
     return issued
 
 
-async def verify_jwt(keystage: Keystage, token: str, issuer: str) -> dict[str, Any] | None:
-    """The claims of a JWT access token this issuer signed and that has not expired, else None."""
+async def verify_jwt(keystage: Keystage, token: str, issuer: str, *, allow_expired: bool = False
+                     ) -> dict[str, Any] | None:
+    """The claims of a JWT this issuer signed (with a key still in JWKS) and that has not expired
+    (``allow_expired``: an ``id_token_hint`` may have), else None."""
     try:
         decoded = jwt.decode(token, _Resolver(keystage), algorithms=["RS256", "ES256"])
     except (JoseError, ValueError, KeyError):
         return None
     claims = decoded.claims
-    if claims.get("iss") != issuer or not isinstance(claims.get("exp"), int) or claims["exp"] < time.time():
+    if claims.get("iss") != issuer or not isinstance(claims.get("exp"), int):
+        return None
+    if claims["exp"] < time.time() and not allow_expired:
         return None
     return claims
 
