@@ -32,7 +32,9 @@ passed, a success, an admin clearing the counter) is an event: ``brute_force_blo
 Requests sent all at once would all pass the check before any of them counts, so ``check`` also
 reserves a place among the attempts in flight (a key-value counter per scope, ``IN_FLIGHT``): one
 at a time per (identifier, IP) and per user for codes, a few at a time per IP. An attempt beyond that
-is refused like one during a delay. ``failed``/``succeeded`` free the place after counting (or
+waits for a place (up to ``IN_FLIGHT_WAIT`` seconds, then it is refused like one during a delay), so
+attempts of one client are checked one after the other, each seeing the failures counted before it.
+``failed``/``succeeded`` free the place after counting (or
 ``release`` when the stage gives up); a place a crashed request kept frees itself after
 ``IN_FLIGHT_TTL`` seconds.
 """
@@ -67,6 +69,10 @@ PURGE_BATCH = 1000
 # Attempts that may be checked at once, per scope (see the module doc), and how long a place lasts.
 IN_FLIGHT = {"user_ip": 1, "ip": 8, "code": 1}
 IN_FLIGHT_TTL = 15.0
+# How long an attempt waits for a place before it is refused (a double-clicked "Sign in" waits for
+# the first click's check instead of failing), and the pause between tries.
+IN_FLIGHT_WAIT = 2.0
+IN_FLIGHT_PAUSE = 0.05
 
 Scope = Literal["user_ip", "ip", "user", "code"]
 SCOPES: tuple[str, ...] = ("user_ip", "ip", "user", "code")
@@ -259,13 +265,23 @@ class Throttle:
         keys = self.keys(kind, name, ip)
         now = self.clock()
         places = self._places(keys)
-        counters, counts = await asyncio.gather(self.load(keys, now=now), self._take(places))
-        attempt = Attempt(kind, name, ip, user_id, counters, self._retry_after(counters.values(), now),
-                          [key for key, _ in places])
-        if attempt.blocked or any(count > limit for count, (_, limit) in zip(counts, places)):
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        while True:
+            counters, counts = await asyncio.gather(self.load(keys, now=now), self._take(places))
+            attempt = Attempt(kind, name, ip, user_id, counters, self._retry_after(counters.values(), now),
+                              [key for key, _ in places])
+            busy = any(count > limit for count, (_, limit) in zip(counts, places))
+            if not busy and not attempt.blocked:
+                break
             await self.release(attempt)
-            # Another attempt of the same client is being checked: wait for it like for a delay.
-            attempt.retry_after = max(attempt.retry_after, 1.0)
+            if attempt.blocked:
+                break
+            if time.monotonic() >= deadline:
+                # Other attempts of the same client kept every place: refuse as during a delay.
+                attempt.retry_after = 1.0
+                break
+            await asyncio.sleep(IN_FLIGHT_PAUSE)  # wait for the attempt in front, then look again
+            now = self.clock()
         # A wait that has passed ends the block: say so once (the UPDATE picks one worker).
         ended = [c for c in counters.values()
                  if c is not None and self._blocking(c) and not self._announced(c)

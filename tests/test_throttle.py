@@ -286,11 +286,13 @@ def test_security_show_and_clear_commands(tmp_path: Any, keystage_database_url: 
     assert [r["scope"] for r in remaining] == ["ip"]
 
 
-async def test_attempts_sent_at_once_are_checked_one_at_a_time(settings: Any) -> None:
+async def test_attempts_sent_at_once_are_checked_one_at_a_time(settings: Any, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
     import asyncio
 
     from keystage.engine.throttle import IN_FLIGHT
 
+    monkeypatch.setattr("keystage.engine.throttle.IN_FLIGHT_WAIT", 0.4)  # how long the burst waits, then is refused
     kernel = Keystage(settings)
     await kernel.open()
     try:
@@ -303,6 +305,21 @@ async def test_attempts_sent_at_once_are_checked_one_at_a_time(settings: Any) ->
         following = await throttle.check(username=name, ip=ip)
         assert not following.blocked
         await throttle.succeeded(following)
+
+        # Attempts that overlap are taken one after the other, each seeing what the one before counted
+        # (a double-clicked "Sign in" waits instead of failing).
+        async def guess(wrong: bool) -> bool:
+            attempt = await throttle.check(username=name, ip=ip)
+            if attempt.blocked:
+                return False
+            await asyncio.sleep(0.05)  # the password check
+            await (throttle.failed(attempt) if wrong else throttle.succeeded(attempt))
+            return True
+
+        assert await asyncio.gather(guess(False), guess(False)) == [True, True]
+        results = await asyncio.gather(*[guess(True) for _ in range(8)])
+        # One after another: the 5th failure starts a delay, so the 6th and later are refused.
+        assert results.count(True) == DEFAULT_RULES["user_ip"].delay_after
         # Spraying at once across identifiers: a few at a time per address.
         ip = unique_ip()
         attempts = await asyncio.gather(*[throttle.check(username=f"s{i}", ip=ip) for i in range(20)])
