@@ -85,7 +85,8 @@ async def test_second_factor_and_sign_counter(keystage_app: Any, ks: Any) -> Non
         return driver
 
     driver = await second_factor()
-    assert (await driver.submit(webauthn=json.dumps(key.assertion(driver.challenge["webauthn"]))))["component"] == "redirect"
+    answer = await driver.submit(webauthn=json.dumps(key.assertion(driver.challenge["webauthn"])))
+    assert answer["component"] == "redirect"
     assert await ks.pool.fetchval("SELECT sign_count FROM authenticator_webauthn_credentials") == 1
     # A counter that did not grow (a cloned key?) is refused.
     driver = await second_factor()
@@ -103,8 +104,8 @@ async def test_second_factor_and_sign_counter(keystage_app: Any, ks: Any) -> Non
 async def test_passwordless_flow(keystage_app: Any, ks: Any) -> None:
     key = SoftAuthenticator(RP_ID, ORIGIN)
     await register(keystage_app, await logged_in(keystage_app), key)
-    await make_flow(ks, "passkey", [("webauthn_login", {}), ("authenticator_validate", {"not_configured_action": "deny"}),
-                                    ("user_login", {})])
+    await make_flow(ks, "passkey", [("webauthn_login", {}),
+                                    ("authenticator_validate", {"not_configured_action": "deny"}), ("user_login", {})])
     client = keystage_app.test_client()
     driver = FlowDriver(client)
     challenge = await driver.start("passkey")

@@ -59,8 +59,8 @@ class SoftAuthenticator:
         auth_data = hashlib.sha256(self.rp_id.encode()).digest() + self._flags() + self.sign_count.to_bytes(4, "big")
         signature = self.key.sign(auth_data + hashlib.sha256(client_data).digest(), ec.ECDSA(hashes.SHA256()))
         cid = bytes_to_base64url(self.credential_id)
-        response = {"clientDataJSON": bytes_to_base64url(client_data), "authenticatorData": bytes_to_base64url(auth_data),
-                    "signature": bytes_to_base64url(signature)}
+        response = {"clientDataJSON": bytes_to_base64url(client_data),
+                    "authenticatorData": bytes_to_base64url(auth_data), "signature": bytes_to_base64url(signature)}
         if self.user_handle is not None:
             response["userHandle"] = self.user_handle
         return {"id": cid, "rawId": cid, "type": "public-key", "clientExtensionResults": {}, "response": response}
