@@ -568,3 +568,19 @@ async def test_rp_initiated_logout(oidc: Any) -> None:
     assert location == "/oauth2/end-session/done"
     forged = await browser.get("/oauth2/end-session/done?to=eyJ0byI6Imh0dHBzOi8vZXZpbC5leGFtcGxlIn0.AAAA")
     assert forged.headers["location"] == "/"
+
+
+async def test_cors_for_browser_apps(oidc: Any) -> None:
+    browser = oidc["browser"]
+    origin = {"Origin": "http://localhost:5173", "Access-Control-Request-Method": "POST"}
+    preflight = await browser.options("/oauth2/token", headers=origin)
+    assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == "*"
+    assert "authorization" in preflight.headers["access-control-allow-headers"]
+    token = await browser.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("grafana", SECRET),
+                               headers={"Origin": "http://localhost:5173"})
+    assert token.headers["access-control-allow-origin"] == "*"
+    info = await browser.options("/oauth2/userinfo", headers={**origin, "Access-Control-Request-Method": "GET"})
+    assert info.headers["access-control-allow-origin"] == "*"
+    # Pages that use the session cookie get no CORS headers.
+    page = await browser.get("/oauth2/authorize", headers={"Origin": "http://localhost:5173"})
+    assert "access-control-allow-origin" not in page.headers

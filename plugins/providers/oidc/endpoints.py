@@ -29,6 +29,19 @@ from .keys import keyring
 
 oidc_routes = Blueprint("keystage_oidc", __name__)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Read by browser apps from their own origin with a bearer token or the client's own credentials,
+# never with keystage's cookies: any origin may (the token endpoint: fastpath.py).
+CORS_PATHS = frozenset({"/oauth2/userinfo", "/oauth2/revoke"})
+
+
+@oidc_routes.after_request
+async def _cors(response: Response) -> Response:
+    if request.path in CORS_PATHS:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Headers"] = "authorization, content-type"
+            response.headers["Access-Control-Max-Age"] = "600"
+    return response
 
 
 def issuer() -> str:

@@ -27,6 +27,11 @@ HEADERS = [(b"content-type", b"application/json"), (b"x-content-type-options", b
            (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
            (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")]
 HEADERS += [(k.lower().encode(), v.encode()) for k, v in NO_STORE.items()]
+# Browser apps (public clients) call the token endpoint from their own origin. No cookie is read here,
+# so any origin may: the request is authenticated by its own parameters (secret or PKCE verifier).
+CORS = [(b"access-control-allow-origin", b"*")]
+PREFLIGHT = [*CORS, (b"access-control-allow-methods", b"POST"),
+             (b"access-control-allow-headers", b"authorization, content-type"), (b"access-control-max-age", b"600")]
 
 
 class TokenFastPath:
@@ -37,8 +42,12 @@ class TokenFastPath:
         self.issuer = str(self.keystage.settings.external_url)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] not in ("POST", "OPTIONS"):
             await self.inner(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            await send({"type": "http.response.start", "status": 204, "headers": PREFLIGHT})
+            await send({"type": "http.response.body", "body": b""})
             return
         started = time.perf_counter()
         authorization = content_type = ""
@@ -60,7 +69,7 @@ class TokenFastPath:
                 answer = await self._answer(body, content_type, authorization)
                 break
         payload = json.dumps(answer.body, separators=(",", ":")).encode()
-        headers = [*HEADERS, (b"content-length", str(len(payload)).encode()),
+        headers = [*HEADERS, *CORS, (b"content-length", str(len(payload)).encode()),
                    (b"x-request-id", uuid.uuid4().hex.encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers.items() if k not in NO_STORE]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
