@@ -584,3 +584,43 @@ async def test_cors_for_browser_apps(oidc: Any) -> None:
     # Pages that use the session cookie get no CORS headers.
     page = await browser.get("/oauth2/authorize", headers={"Origin": "http://localhost:5173"})
     assert "access-control-allow-origin" not in page.headers
+
+
+async def test_pushed_authorization_requests(oidc: Any, apply_blueprint: Any) -> None:
+    browser = oidc["browser"]
+    verifier, challenge = pkce()
+    pushed = await browser.post("/oauth2/par", auth=("grafana", SECRET), data={
+        "response_type": "code", "redirect_uri": REDIRECT, "scope": "openid email", "state": "p1",
+        "code_challenge": challenge, "code_challenge_method": "S256"})
+    assert pushed.status_code == 201, pushed.text
+    request_uri = pushed.json()["request_uri"]
+    assert request_uri.startswith("urn:ietf:params:oauth:request_uri:") and pushed.json()["expires_in"] == 60
+    # Another client cannot use it, and it is gone after one try.
+    assert (await browser.get("/oauth2/authorize?" + urlencode({"client_id": "spa", "request_uri": request_uri}))
+            ).status_code == 400
+    pushed = await browser.post("/oauth2/par", auth=("grafana", SECRET), data={
+        "response_type": "code", "redirect_uri": REDIRECT, "scope": "openid email", "state": "p2",
+        "code_challenge": challenge, "code_challenge_method": "S256"})
+    request_uri = pushed.json()["request_uri"]
+    landed = await follow(browser, "/oauth2/authorize?" + urlencode({
+        "client_id": "grafana", "request_uri": request_uri, "scope": "openid profile groups", "state": "tampered"}))
+    answer = parse_qs(landed.query.decode())
+    assert answer["state"] == ["p2"]  # the pushed parameters, not the ones on the URL
+    token = (await browser.post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": answer["code"][0], "redirect_uri": REDIRECT,
+        "code_verifier": verifier}, auth=("grafana", SECRET))).json()
+    assert token["scope"] == "openid email"
+    assert (await browser.get("/oauth2/authorize?" + urlencode({"client_id": "grafana", "request_uri": request_uri}))
+            ).status_code == 400
+    # Bad pushed requests are answered in JSON; a client may be required to push.
+    bad = await browser.post("/oauth2/par", auth=("grafana", SECRET), data={
+        "response_type": "code", "redirect_uri": REDIRECT + "x", "scope": "openid"})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
+    assert (await browser.post("/oauth2/par", data={"response_type": "code"}, auth=("grafana", "wrong"))
+            ).status_code == 401
+    await oidc["kernel"].pool.execute(
+        """UPDATE providers SET config = config || '{"require_pushed_authorization_requests": true}'::jsonb
+           WHERE name = 'grafana'""")
+    direct = await browser.get("/oauth2/authorize?" + urlencode({
+        "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid", "state": "d"}))
+    assert parse_qs(urlsplit(direct.headers["location"]).query)["error"] == ["invalid_request"]

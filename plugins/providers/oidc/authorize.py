@@ -33,6 +33,8 @@ class Refused:
 @dataclasses.dataclass(frozen=True)
 class ClientError:
     url: str
+    error: str = ""
+    description: str | None = None
 
 
 @dataclasses.dataclass
@@ -73,7 +75,9 @@ def response_url(redirect_uri: str, params: dict[str, Any]) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-async def check_request(keystage: Keystage, params: dict[str, str], issuer: str) -> Refused | ClientError | Pending:
+async def check_request(keystage: Keystage, params: dict[str, str], issuer: str, *,
+                        pushed: bool = False) -> Refused | ClientError | Pending:
+    """``pushed``: the parameters came through PAR (RFC 9126), already tied to an authenticated client."""
     if any(len(v) > MAX_PARAM for v in params.values()):
         return Refused("a parameter is too long")
     client_id = params.get("client_id", "")
@@ -93,10 +97,12 @@ async def check_request(keystage: Keystage, params: dict[str, str], issuer: str)
 
     def error(code: str, description: str | None = None) -> ClientError:
         return ClientError(response_url(redirect_uri, {"error": code, "error_description": description,
-                                                       "state": state, "iss": issuer}))
+                                                       "state": state, "iss": issuer}), code, description)
 
     if params.get("request") or params.get("request_uri"):
         return error("request_not_supported")
+    if config.require_pushed_authorization_requests and not pushed:
+        return error("invalid_request", "this client must use pushed authorization requests")
     if params.get("response_type") != "code":
         return error("unsupported_response_type")
     if "authorization_code" not in config.grant_types:

@@ -66,6 +66,8 @@ class OIDCConfig(ProviderConfig):
     refresh_token_lifetime: int = pydantic.Field(default=30 * 86400, ge=60, le=365 * 86400)
     refresh_token_rotation: bool = True
     code_lifetime: int = pydantic.Field(default=60, ge=10, le=600)
+    # RFC 9126: authorization requests only through /oauth2/par.
+    require_pushed_authorization_requests: bool = False
     authorization_flow: str = "default-provider-authorization-explicit-consent"
     # {scope: expression returning a dict of claims}: added to (and overriding) the defaults.
     property_mappings: dict[str, str] = pydantic.Field(default_factory=dict)

@@ -24,6 +24,7 @@ from keystage.engine.flows import load_flow, slug_for_designation
 
 from . import authorize as authz
 from . import claims as claims_module
+from . import par
 from . import tokens
 from .keys import keyring
 
@@ -64,6 +65,8 @@ async def discovery() -> Any:
         "introspection_endpoint": f"{base}/oauth2/introspect",
         "revocation_endpoint": f"{base}/oauth2/revoke",
         "end_session_endpoint": f"{base}/oauth2/end-session",
+        "pushed_authorization_request_endpoint": f"{base}/oauth2/par",
+        "require_pushed_authorization_requests": False,
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "jwks_uri": f"{base}/oauth2/jwks",
@@ -124,7 +127,13 @@ async def _denied_page() -> Any:
 async def authorize() -> Any:
     keystage = web_context.keystage()
     params = dict((await request.form) if request.method == "POST" else request.args)
-    checked = await authz.check_request(keystage, params, issuer())
+    pushed = False
+    if "request_uri" in params:
+        stored = await par.take(keystage, params["request_uri"], params.get("client_id", ""))
+        if stored is None:
+            return await _error_page()
+        params, pushed = stored, True
+    checked = await authz.check_request(keystage, params, issuer(), pushed=pushed)
     if isinstance(checked, authz.Refused):
         return await _error_page()
     if isinstance(checked, authz.ClientError):
@@ -564,3 +573,20 @@ async def end_session_done() -> Any:
     from .logout import end_session_done as run
 
     return await run()
+
+
+# -- pushed authorization requests (RFC 9126) ----------------------------------------------------------
+
+
+@oidc_routes.post("/oauth2/par")
+async def pushed_authorization_request() -> Any:
+    keystage = web_context.keystage()
+    form = await _form()
+    if form is None:
+        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
+    authorization = request.headers.get("Authorization", "")
+    client = await _authenticate_client(keystage, form, authorization)
+    if isinstance(client, oauth_errors.OAuth2Error):
+        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
+    answer = await par.push(keystage, client, form, issuer())
+    return _quart_answer(answer)
