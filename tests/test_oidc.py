@@ -3,6 +3,7 @@ userinfo, keys, and the attacks the issue lists. Real PostgreSQL; the app runs i
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 from typing import Any
@@ -624,3 +625,73 @@ async def test_pushed_authorization_requests(oidc: Any, apply_blueprint: Any) ->
     direct = await browser.get("/oauth2/authorize?" + urlencode({
         "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid", "state": "d"}))
     assert parse_qs(urlsplit(direct.headers["location"]).query)["error"] == ["invalid_request"]
+
+
+async def test_private_key_jwt_and_algorithm_confusion(oidc: Any, apply_blueprint: Any) -> None:
+    import json as _json
+    import time as _time
+
+    from joserfc.jwk import RSAKey
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    public = key.as_dict(private=False)
+    await apply_blueprint(f"""
+version: 1
+metadata: {{name: pkjwt}}
+entries:
+  - model: provider
+    identifiers: {{name: pkjwt}}
+    attrs:
+      type: oidc
+      config: {{client_id: pkjwt, jwks: {{keys: [{_json.dumps(public)}]}}, grant_types: [client_credentials],
+               scopes: ["api:read"]}}
+""")
+    browser = oidc["browser"]
+    audience = f"{BASE}/oauth2/token"
+
+    def claims(**changes: Any) -> dict[str, Any]:
+        now = int(_time.time())
+        return {"iss": "pkjwt", "sub": "pkjwt", "aud": audience, "iat": now, "exp": now + 60,
+                "jti": secrets.token_urlsafe(16), **changes}
+
+    async def token(assertion: str) -> httpx.Response:
+        return await browser.post("/oauth2/token", data={
+            "grant_type": "client_credentials", "client_assertion": assertion,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+
+    good = jwt.encode({"alg": "RS256", "kid": "k1"}, claims(), key)
+    assert (await token(good)).status_code == 200
+    assert (await token(good)).status_code == 401  # the same jti twice
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    none_header = b64(b'{"alg":"none"}')
+    unsigned = f"{none_header}.{b64(_json.dumps(claims()).encode())}."
+    assert (await token(unsigned)).status_code == 401
+    # HS256 keyed with the client's public key, in the forms an attacker would try.
+    import hmac as _hmac
+
+    for secret in (_json.dumps(public).encode(), key.as_pem(private=False)):
+        signing = b64(_json.dumps({"alg": "HS256", "kid": "k1"}).encode()) + "." + b64(_json.dumps(claims()).encode())
+        forged = signing + "." + b64(_hmac.new(secret, signing.encode(), hashlib.sha256).digest())
+        assert (await token(forged)).status_code == 401
+    other = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    for bad in (jwt.encode({"alg": "RS256", "kid": "k1"}, claims(), other),
+                jwt.encode({"alg": "RS256", "kid": "k1"}, claims(aud="https://elsewhere.example"), key),
+                jwt.encode({"alg": "RS256", "kid": "k1"}, claims(sub="grafana"), key),
+                jwt.encode({"alg": "RS256", "kid": "k1"}, claims(exp=int(_time.time()) - 120), key),
+                jwt.encode({"alg": "RS256", "kid": "k1"}, claims(exp=int(_time.time()) + 3600), key)):
+        assert (await token(bad)).status_code == 401
+    # A symmetric or private key cannot be registered as the client's jwks.
+    with pytest.raises(Exception, match="public keys only"):
+        await apply_blueprint("""
+version: 1
+metadata: {name: pkjwt-bad}
+entries:
+  - model: provider
+    identifiers: {name: pkjwt-bad}
+    attrs:
+      type: oidc
+      config: {client_id: pkjwt-bad, jwks: {keys: [{kty: oct, k: c2VjcmV0}]}, grant_types: [client_credentials]}
+""")

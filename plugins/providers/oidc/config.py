@@ -54,6 +54,8 @@ class OIDCConfig(ProviderConfig):
     # instance from ``!Env``): it is replaced by its digest before anything is stored.
     client_secret_hash: str | None = None
     client_type: Literal["confidential", "public"] = "confidential"
+    # The client's public keys (a JWK Set) for private_key_jwt client authentication (RFC 7523).
+    jwks: dict[str, Any] | None = None
     redirect_uris: list[RedirectURI] = pydantic.Field(default_factory=list)
     post_logout_redirect_uris: list[str] = pydantic.Field(default_factory=list)
     grant_types: list[Literal["authorization_code", "refresh_token", "client_credentials"]] = pydantic.Field(
@@ -92,8 +94,17 @@ class OIDCConfig(ProviderConfig):
         if not CLIENT_ID.match(self.client_id) or self.client_id.isdigit():
             # Not all digits: user subjects are, and a client_credentials token's subject is the client id.
             raise ValueError("client_id: 1-255 letters, digits and . _ ~ - (not only digits)")
-        if self.client_type == "confidential" and not self.client_secret_hash:
-            raise ValueError("a confidential client needs client_secret (or client_secret_hash)")
+        if self.client_type == "confidential" and not (self.client_secret_hash or self.jwks):
+            raise ValueError("a confidential client needs client_secret (or client_secret_hash) or jwks")
+        if self.jwks is not None:
+            from joserfc.jwk import KeySet
+
+            try:
+                keys = KeySet.import_key_set(self.jwks)  # type: ignore[arg-type]
+            except Exception as exc:
+                raise ValueError(f"jwks: not a JWK Set: {exc}") from None
+            if any(key.key_type == "oct" or key.is_private for key in keys.keys):
+                raise ValueError("jwks: public keys only (RSA, EC); no symmetric and no private keys")
         if self.client_type == "public" and "client_credentials" in self.grant_types:
             raise ValueError("a public client cannot use client_credentials")
         if "authorization_code" in self.grant_types and not self.redirect_uris:

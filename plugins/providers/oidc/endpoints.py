@@ -75,7 +75,9 @@ async def discovery() -> Any:
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt",
+                                                  "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256"],
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": ["openid", "profile", "email", "groups", "offline_access"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "preferred_username",
@@ -288,6 +290,8 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 async def _authenticate_client(keystage: Any, form: Mapping[str, str], authorization: str,
                                db: Any = None) -> tokens.Client | oauth_errors.OAuth2Error:
     basic = _basic_credentials(authorization)
+    if "client_assertion" in form or "client_assertion_type" in form:
+        return await _authenticate_with_assertion(keystage, form, basic, db)
     if basic is not None and ("client_secret" in form):
         return oauth_errors.InvalidRequestError("use one client authentication method")
     if basic is not None:
@@ -305,6 +309,29 @@ async def _authenticate_client(keystage: Any, form: Mapping[str, str], authoriza
         if secret:
             return oauth_errors.InvalidClientError(status_code=401)
     elif not client.config.check_secret(secret):
+        return oauth_errors.InvalidClientError(status_code=401)
+    return client
+
+
+async def _authenticate_with_assertion(keystage: Any, form: Mapping[str, str], basic: Any,
+                                       db: Any) -> tokens.Client | oauth_errors.OAuth2Error:
+    """private_key_jwt (RFC 7523 2.2): the assertion is the only credential."""
+    from . import rfc7523
+
+    assertion = form.get("client_assertion", "")
+    if basic is not None or "client_secret" in form or form.get("client_assertion_type") != rfc7523.ASSERTION_TYPE \
+            or not assertion:
+        return oauth_errors.InvalidRequestError("client_assertion_type or client_assertion")
+    client_id = rfc7523.unverified_issuer(assertion)
+    if not client_id or form.get("client_id") not in (None, client_id):
+        return oauth_errors.InvalidClientError(status_code=401)
+    client = await tokens.find_client(keystage, client_id, db)
+    base = keystage.settings.external_url.rstrip("/")
+    # The audience is the endpoint the assertion is sent to; the issuer is accepted too (OIDC Core 9).
+    audiences = {keystage.settings.external_url, f"{base}/oauth2/token", f"{base}/oauth2/par",
+                 f"{base}/oauth2/introspect", f"{base}/oauth2/revoke"}
+    if client is None or client.config.client_type != "confidential" or \
+            not await rfc7523.verify(keystage, client, assertion, audiences):
         return oauth_errors.InvalidClientError(status_code=401)
     return client
 
