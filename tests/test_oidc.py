@@ -695,3 +695,33 @@ entries:
       type: oidc
       config: {client_id: pkjwt-bad, jwks: {keys: [{kty: oct, k: c2VjcmV0}]}, grant_types: [client_credentials]}
 """)
+
+
+async def test_expired_codes_and_tokens_are_purged(oidc: Any) -> None:
+    from keystage.plugins.providers.oidc import cleanup
+
+    await code_tokens(oidc)
+    kernel = oidc["kernel"]
+    await kernel.pool.execute("UPDATE oidc_tokens SET expires_at = now() - interval '2 days' WHERE kind = 'access'")
+    await kernel.pool.execute("UPDATE oidc_codes SET expires_at = now() - interval '2 days'")
+    assert await cleanup.purge(kernel) >= 2
+    assert await kernel.pool.fetchval("SELECT count(*) FROM oidc_codes") == 0
+    assert await kernel.pool.fetchval("SELECT count(*) FROM oidc_tokens WHERE kind = 'refresh'") == 1
+
+
+def test_keys_rotate_cli(keystage_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from keystage.engine.cli import main
+
+    for name, value in {"KEYSTAGE_DATABASE_URL": keystage_settings.database_url,
+                        "KEYSTAGE_DATA_DIR": str(keystage_settings.data_dir),
+                        "KEYSTAGE_APPLY_DEFAULT_BLUEPRINTS": "false"}.items():
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+    first = runner.invoke(main, ["keys", "rotate", "--alg", "ES256", "--publish-ahead", "0"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(main, ["keys", "rotate", "--alg", "ES256", "--publish-ahead", "600"])
+    assert second.exit_code == 0 and "signs in 600 s" in second.output
+    listed = runner.invoke(main, ["keys", "list"])
+    assert listed.exit_code == 0 and listed.output.count("ES256") == 2 and "retires None" in listed.output

@@ -35,7 +35,16 @@ def register_migrations() -> Path:
 
 @hookimpl
 def before_serving(app: Any) -> None:
+    from . import cleanup
     from .fastpath import TokenFastPath
 
     if not isinstance(app.asgi_app, TokenFastPath):
         app.asgi_app = TokenFastPath(app.asgi_app, app)
+    cleanup.start(app.extensions["keystage"])
+
+
+@hookimpl
+async def after_serving(app: Any) -> None:
+    from . import cleanup
+
+    await cleanup.stop(app.extensions["keystage"])
