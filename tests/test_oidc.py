@@ -38,7 +38,8 @@ entries:
         client_secret: {SECRET}
         redirect_uris: ["{REDIRECT}"]
         post_logout_redirect_uris: ["https://grafana.example.org/logged-out"]
-        grant_types: [authorization_code, refresh_token, client_credentials]
+        grant_types: [authorization_code, refresh_token, client_credentials,
+                      "urn:ietf:params:oauth:grant-type:device_code"]
         scopes: [openid, profile, email, groups, offline_access, "api:read"]
         authorization_flow: default-provider-authorization-implicit-consent
   - model: application
@@ -52,6 +53,7 @@ entries:
         client_id: spa
         client_type: public
         redirect_uris: ["http://localhost:5173/callback"]
+        grant_types: [authorization_code, refresh_token, "urn:ietf:params:oauth:grant-type:device_code"]
         authorization_flow: default-provider-authorization-explicit-consent
         access_token_format: opaque
         signing_alg: ES256
@@ -725,3 +727,45 @@ def test_keys_rotate_cli(keystage_settings: Any, monkeypatch: pytest.MonkeyPatch
     assert second.exit_code == 0 and "signs in 600 s" in second.output
     listed = runner.invoke(main, ["keys", "list"])
     assert listed.exit_code == 0 and listed.output.count("ES256") == 2 and "retires None" in listed.output
+
+
+async def test_device_authorization_grant(oidc: Any) -> None:
+    browser = oidc["browser"]
+    device = (await browser.post("/oauth2/device", data={"scope": "openid profile offline_access"},
+                                 auth=("grafana", SECRET))).json()
+    assert device["verification_uri"] == f"{BASE}/device" and len(device["user_code"]) == 9
+    grant = {"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": device["device_code"]}
+
+    async def poll(client: tuple[str, str] | None = ("grafana", SECRET), **extra: str) -> httpx.Response:
+        return await browser.post("/oauth2/token", data={**grant, **extra}, auth=client)
+
+    assert (await poll()).json()["error"] == "authorization_pending"
+    assert (await poll()).json()["error"] == "slow_down"
+    # The user signs in on another screen and enters the code.
+    page = await browser.get("/device?" + urlencode({"code": device["user_code"]}))
+    assert page.status_code == 302
+    await login(browser, "/device")
+    page = await browser.get("/device")
+    wrong = await browser.post("/device", data={"csrf_token": _csrf(page.text), "code": "BBBB-BBBB"})
+    assert wrong.status_code == 400 and "This code is not valid or has expired." in wrong.text
+    done = await browser.post("/device", data={"csrf_token": _csrf(page.text),
+                                               "code": device["user_code"].lower().replace("-", " ")})
+    assert done.status_code == 200 and "Your device is signed in." in done.text
+    token = (await poll()).json()
+    assert token["access_token"] and token["refresh_token"] and token["id_token"]
+    assert (await poll()).json()["error"] == "invalid_grant"  # once
+    # Another client's device code is not this client's; a denial reaches the device.
+    other = (await browser.post("/oauth2/device", data={"scope": "openid", "client_id": "spa"})).json()
+    assert (await browser.post("/oauth2/token", data={**grant, "device_code": other["device_code"]},
+                               auth=("grafana", SECRET))).json()["error"] == "invalid_grant"
+    page = await browser.get("/device")
+    asked = await browser.post("/device", data={"csrf_token": _csrf(page.text), "code": other["user_code"]})
+    assert asked.status_code == 302
+    consent = await browser.get(asked.headers["location"])
+    refused = await browser.post(asked.headers["location"].split("&restart")[0], data={
+        "csrf_token": _csrf(consent.text), "component": "consent", "consent": "denied"})
+    denied_page = await browser.get(refused.headers["location"])
+    assert "The device was not allowed to sign in." in denied_page.text
+    answer = await browser.post("/oauth2/token", data={**grant, "device_code": other["device_code"],
+                                                       "client_id": "spa"})
+    assert answer.json()["error"] == "access_denied"

@@ -58,7 +58,8 @@ class OIDCConfig(ProviderConfig):
     jwks: dict[str, Any] | None = None
     redirect_uris: list[RedirectURI] = pydantic.Field(default_factory=list)
     post_logout_redirect_uris: list[str] = pydantic.Field(default_factory=list)
-    grant_types: list[Literal["authorization_code", "refresh_token", "client_credentials"]] = pydantic.Field(
+    grant_types: list[Literal["authorization_code", "refresh_token", "client_credentials",
+                              "urn:ietf:params:oauth:grant-type:device_code"]] = pydantic.Field(
         default_factory=lambda: ["authorization_code", "refresh_token"])
     scopes: list[str] = pydantic.Field(default_factory=lambda: list(DEFAULT_SCOPES))
     signing_alg: Literal["RS256", "ES256"] = "RS256"

@@ -24,7 +24,7 @@ from keystage.engine.flows import load_flow, slug_for_designation
 
 from . import authorize as authz
 from . import claims as claims_module
-from . import par
+from . import par, rfc8628
 from . import tokens
 from .keys import keyring
 
@@ -72,7 +72,8 @@ async def discovery() -> Any:
         "jwks_uri": f"{base}/oauth2/jwks",
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", rfc8628.GRANT_TYPE],
+        "device_authorization_endpoint": f"{base}/oauth2/device",
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt",
@@ -211,6 +212,11 @@ async def _continue(request_id: str, *, first: bool) -> Any:
             return redirect(f"/flows/{flow.slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
     applications.pending_authorizations(g.session).pop(request_id, None)
     g.session.modified = True
+    if record.get("device"):
+        await rfc8628.decide(keystage, bytes.fromhex(record["device"]), user_id=user.id, auth_time=auth_time,
+                             approved=True)
+        return await _device_page(web_context.translations().gettext(
+            "Your device is signed in. You can close this page."))
     code = await tokens.create_code(
         keystage, client, user_id=user.id, redirect_uri=record["redirect_uri"], scope=" ".join(record["scopes"]),
         nonce=record["nonce"], code_challenge=record["code_challenge"], auth_time=auth_time)
@@ -375,7 +381,7 @@ async def _token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str
     if isinstance(client, oauth_errors.OAuth2Error):
         return _oauth_error(client, basic=bool(authorization))
     grant_type = form.get("grant_type", "")
-    if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
+    if grant_type not in ("authorization_code", "refresh_token", "client_credentials", rfc8628.GRANT_TYPE):
         return _oauth_error(oauth_errors.UnsupportedGrantTypeError(grant_type))
     if grant_type not in client.config.grant_types:
         return _oauth_error(oauth_errors.UnauthorizedClientError())
@@ -383,6 +389,8 @@ async def _token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str
         result = await _code_grant(keystage, issuer_url, client, form, request_info)
     elif grant_type == "refresh_token":
         result = await _refresh_grant(keystage, issuer_url, client, form, request_info)
+    elif grant_type == rfc8628.GRANT_TYPE:
+        result = await _device_grant(keystage, issuer_url, client, form, request_info)
     else:
         result = await _client_credentials_grant(keystage, issuer_url, client, form, db)
     if isinstance(result, oauth_errors.OAuth2Error):
@@ -617,3 +625,116 @@ async def pushed_authorization_request() -> Any:
         return _quart_answer(_oauth_error(client, basic=bool(authorization)))
     answer = await par.push(keystage, client, form, issuer())
     return _quart_answer(answer)
+
+
+# -- device authorization grant (RFC 8628) -----------------------------------------------------------
+
+
+@oidc_routes.post("/oauth2/device")
+async def device_authorization() -> Any:
+    keystage = web_context.keystage()
+    form = await _form()
+    if form is None:
+        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
+    authorization = request.headers.get("Authorization", "")
+    client = await _authenticate_client(keystage, form, authorization)
+    if isinstance(client, oauth_errors.OAuth2Error):
+        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
+    if rfc8628.GRANT_TYPE not in client.config.grant_types or client.application_id is None:
+        return _quart_answer(_oauth_error(oauth_errors.UnauthorizedClientError()))
+    scopes = list(dict.fromkeys((form.get("scope") or "").split()))
+    if not scopes or not set(scopes) <= set(client.config.scopes):
+        return _quart_answer(_oauth_error(oauth_errors.InvalidScopeError()))
+    device_code, user_code = await rfc8628.start(keystage, client, " ".join(scopes))
+    base = _base()
+    return _quart_answer(Answer(200, {
+        "device_code": device_code, "user_code": user_code, "verification_uri": f"{base}/device",
+        "verification_uri_complete": f"{base}/device?{urlencode({'code': user_code})}",
+        "expires_in": rfc8628.LIFETIME, "interval": rfc8628.INTERVAL}, dict(NO_STORE)))
+
+
+async def _device_grant(keystage: Any, issuer_url: str, client: tokens.Client, form: Mapping[str, str],
+                        request_info: Any) -> Any:
+    device_code = form.get("device_code", "")
+    if not device_code:
+        return oauth_errors.InvalidRequestError("device_code is missing")
+    polled = await rfc8628.poll(keystage, client, device_code)
+    if polled.outcome == "invalid_grant":
+        return oauth_errors.InvalidGrantError()
+    if polled.outcome != "approved":
+        return oauth_errors.OAuth2Error(error=polled.outcome, status_code=400)
+    user = await keystage.users.get(polled.user_id)
+    if user is None or not user.is_active:
+        return oauth_errors.InvalidGrantError()
+    scopes = polled.scope.split()
+    id_claims = None
+    if "openid" in scopes:
+        id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, request_info)
+    return await tokens.issue(
+        keystage, client, issuer=issuer_url, grant_id=secrets.token_urlsafe(16), subject=str(user.id),
+        user_id=user.id, scope=polled.scope, auth_time=polled.auth_time,
+        with_refresh="offline_access" in scopes and "refresh_token" in client.config.grant_types,
+        id_claims=id_claims)
+
+
+async def _device_page(message: str | None = None, *, show_form: bool = False, code: str = "",
+                       status: int = 200) -> Any:
+    from keystage.engine.csrf import csrf_token
+    from keystage.engine.templates import render_page
+
+    body = await render_page("plugins.providers.oidc/device.html", message=message, show_form=show_form,
+                             code=code, csrf_token=csrf_token(g.session))
+    response = Response(body, status=status, content_type="text/html; charset=utf-8")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@oidc_routes.route("/device", methods=["GET", "POST"])
+async def device_page() -> Any:
+    from keystage.engine.csrf import check_csrf
+
+    keystage = web_context.keystage()
+    t = web_context.translations()
+    user = await keystage.users.get(g.session.user_id) if g.session.user_id is not None else None
+    code = request.args.get("code", "")[:20]
+    if user is None or not user.is_active:
+        slug = await slug_for_designation(keystage, "authentication")
+        if slug is None:
+            return await _error_page(503)
+        here = "/device" + (f"?{urlencode({'code': code})}" if code else "")
+        return redirect(f"/flows/{slug}/?{urlencode({'next': here, 'restart': '1'})}", 302)
+    if request.method == "GET":
+        return await _device_page(show_form=True, code=code)
+    form = await request.form
+    if not check_csrf(g.session, form.get("csrf_token")):
+        return await _device_page(show_form=True, status=403)
+    user_code = rfc8628.normalise(form.get("code", "")[:20])
+    row = await rfc8628.pending(keystage, user_code) if user_code else None
+    if row is None:
+        return await _device_page(t.gettext("This code is not valid or has expired."), show_form=True, status=400)
+    client = await tokens.find_client(keystage, row["client_id"])
+    if client is None or client.application_slug is None:
+        return await _error_page()
+    request_id = secrets.token_urlsafe(16)
+    denied = f"/device/denied?{urlencode({'r': request_id})}"
+    scopes = row["scope"].split()
+    record = {
+        "client_id": client.config.client_id, "application": client.application_slug,
+        "application_name": client.application_name or client.application_slug, "redirect_uri": "",
+        "scopes": scopes, "state": None, "nonce": None, "code_challenge": None, "prompt": [], "max_age": None,
+        "descriptions": [claims_module.SCOPE_DESCRIPTIONS[s] for s in scopes if s in claims_module.SCOPE_DESCRIPTIONS],
+        "deny_url": denied, "consent_required_url": denied, "granted": False, "login_after": 0.0,
+        "device": bytes(row["device_code_hash"]).hex(),
+    }
+    applications.add_pending_authorization(g.session, request_id, record)
+    return await _continue(request_id, first=True)
+
+
+@oidc_routes.get("/device/denied")
+async def device_denied() -> Any:
+    keystage = web_context.keystage()
+    record = applications.pending_authorizations(g.session).pop(request.args.get("r", ""), None)
+    g.session.modified = True
+    if record is not None and record.get("device"):
+        await rfc8628.decide(keystage, bytes.fromhex(record["device"]), user_id=None, auth_time=0.0, approved=False)
+    return await _device_page(web_context.translations().gettext("The device was not allowed to sign in."))
