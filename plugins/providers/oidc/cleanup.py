@@ -24,8 +24,7 @@ BATCH = 5000
 async def purge(keystage: Keystage) -> int:
     """Delete expired codes and tokens (older than ``KEEP``); returns how many rows went."""
     deleted = 0
-    for table in ("oidc_codes", "oidc_tokens"):
-        key = "code_hash" if table == "oidc_codes" else "id"
+    for table, key in (("oidc_codes", "code_hash"), ("oidc_tokens", "id"), ("oidc_device_codes", "device_code_hash")):
         while True:
             status = await keystage.pool.execute(
                 f"""DELETE FROM {table} WHERE {key} IN (
