@@ -769,3 +769,64 @@ async def test_device_authorization_grant(oidc: Any) -> None:
     answer = await browser.post("/oauth2/token", data={**grant, "device_code": other["device_code"],
                                                        "client_id": "spa"})
     assert answer.json()["error"] == "access_denied"
+
+
+def dpop_proof(key: Any, method: str, url: str, access_token: str | None = None, **changes: Any) -> str:
+    import time as _time
+
+    claims = {"htm": method, "htu": url, "iat": int(_time.time()), "jti": secrets.token_urlsafe(12), **changes}
+    if access_token is not None:
+        claims["ath"] = base64.urlsafe_b64encode(hashlib.sha256(access_token.encode()).digest()).rstrip(b"=").decode()
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+    return jwt.encode(header, claims, key, algorithms=["ES256"])
+
+
+async def test_dpop_binds_tokens_to_the_clients_key(oidc: Any) -> None:
+    from joserfc.jwk import ECKey
+
+    browser = oidc["browser"]
+    key, other = ECKey.generate_key("P-256"), ECKey.generate_key("P-256")
+    token_url, userinfo_url = f"{BASE}/oauth2/token", f"{BASE}/oauth2/userinfo"
+    verifier, challenge = pkce()
+    query = {"response_type": "code", "client_id": "spa", "redirect_uri": "http://localhost:5173/callback",
+             "scope": "openid email offline_access", "state": "d", "code_challenge": challenge,
+             "code_challenge_method": "S256"}
+    landed = await follow(browser, "/oauth2/authorize?" + urlencode(query))
+    code = parse_qs(landed.query.decode())["code"][0]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": "http://localhost:5173/callback",
+            "code_verifier": verifier, "client_id": "spa"}
+    bad = await browser.post("/oauth2/token", data=form,
+                             headers={"DPoP": dpop_proof(key, "POST", "https://elsewhere.example/token")})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_dpop_proof"
+    token = (await browser.post("/oauth2/token", data=form,
+                                headers={"DPoP": dpop_proof(key, "POST", token_url)})).json()
+    assert token["token_type"] == "DPoP", token
+    access = token["access_token"]
+
+    async def userinfo(scheme: str, proof: str | None) -> int:
+        headers = {"Authorization": f"{scheme} {access}", **({"DPoP": proof} if proof else {})}
+        return (await browser.get("/oauth2/userinfo", headers=headers)).status_code
+
+    assert await userinfo("Bearer", None) == 401
+    assert await userinfo("DPoP", None) == 401
+    assert await userinfo("DPoP", dpop_proof(other, "GET", userinfo_url, access)) == 401
+    assert await userinfo("DPoP", dpop_proof(key, "GET", userinfo_url)) == 401  # no ath
+    proof = dpop_proof(key, "GET", userinfo_url, access)
+    assert await userinfo("DPoP", proof) == 200
+    assert await userinfo("DPoP", proof) == 401  # replayed
+    # The refresh token is bound too (a public client): same key or nothing.
+    refresh = {"grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": "spa"}
+    assert (await browser.post("/oauth2/token", data=refresh)).json()["error"] == "invalid_dpop_proof"
+    assert (await browser.post("/oauth2/token", data=refresh, headers={"DPoP": dpop_proof(other, "POST", token_url)})
+            ).json()["error"] == "invalid_dpop_proof"
+    renewed = (await browser.post("/oauth2/token", data=refresh,
+                                  headers={"DPoP": dpop_proof(key, "POST", token_url)})).json()
+    assert renewed["token_type"] == "DPoP" and renewed["refresh_token"]
+    # client_credentials: the JWT says which key (cnf.jkt), introspection too.
+    cc = (await browser.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("grafana", SECRET),
+                             headers={"DPoP": dpop_proof(key, "POST", token_url)})).json()
+    keys = KeySet.import_key_set((await browser.get("/oauth2/jwks")).json())
+    assert jwt.decode(cc["access_token"], keys).claims["cnf"] == {"jkt": key.thumbprint()}
+    introspected = (await browser.post("/oauth2/introspect", data={"token": cc["access_token"]},
+                                       auth=("grafana", SECRET))).json()
+    assert introspected["cnf"] == {"jkt": key.thumbprint()} and introspected["token_type"] == "DPoP"

@@ -24,7 +24,7 @@ from keystage.engine.flows import load_flow, slug_for_designation
 
 from . import authorize as authz
 from . import claims as claims_module
-from . import par, rfc8628
+from . import par, rfc8628, rfc9449
 from . import tokens
 from .keys import keyring
 
@@ -40,7 +40,7 @@ async def _cors(response: Response) -> Response:
     if request.path in CORS_PATHS:
         response.headers["Access-Control-Allow-Origin"] = "*"
         if request.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Headers"] = "authorization, content-type"
+            response.headers["Access-Control-Allow-Headers"] = "authorization, content-type, dpop"
             response.headers["Access-Control-Max-Age"] = "600"
     return response
 
@@ -84,6 +84,7 @@ async def discovery() -> Any:
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "preferred_username",
                              "locale", "email", "email_verified", "groups"],
         "prompt_values_supported": ["none", "login", "consent"],
+        "dpop_signing_alg_values_supported": list(rfc9449.ALGORITHMS),
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
@@ -343,9 +344,14 @@ async def _authenticate_with_assertion(keystage: Any, form: Mapping[str, str], b
 
 
 async def token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str], authorization: str,
-                         request_info: Any = None) -> Answer:
-    """RFC 6749 3.2 / 4.1.3 / 4.4 / 6: one token request, answered."""
-    if form.get("grant_type") == "client_credentials":
+                         request_info: Any = None, dpop: str | None = None) -> Answer:
+    """RFC 6749 3.2 / 4.1.3 / 4.4 / 6: one token request, answered. ``dpop``: the DPoP header (RFC 9449)."""
+    jkt = None
+    if dpop is not None:
+        jkt = await rfc9449.verify(keystage, dpop, method="POST", url=issuer_url.rstrip("/") + "/oauth2/token")
+        if jkt is None:
+            return Answer(400, {"error": "invalid_dpop_proof"}, dict(NO_STORE))
+    if form.get("grant_type") == "client_credentials" and jkt is None:
         # The hot path: one pooled connection for both of its statements, or for the one statement
         # of an opaque token for a client this process knows (checked against the database in it).
         async with keystage.pool.acquire() as conn:
@@ -353,7 +359,7 @@ async def token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str]
             if quick is not None:
                 return quick
             return await _token_endpoint(keystage, issuer_url, form, authorization, request_info, conn)
-    return await _token_endpoint(keystage, issuer_url, form, authorization, request_info, None)
+    return await _token_endpoint(keystage, issuer_url, form, authorization, request_info, None, jkt)
 
 
 async def _quick_client_credentials(keystage: Any, form: Mapping[str, str], authorization: str,
@@ -376,7 +382,7 @@ async def _quick_client_credentials(keystage: Any, form: Mapping[str, str], auth
 
 
 async def _token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str], authorization: str,
-                          request_info: Any, db: Any) -> Answer:
+                          request_info: Any, db: Any, jkt: str | None = None) -> Answer:
     client = await _authenticate_client(keystage, form, authorization, db)
     if isinstance(client, oauth_errors.OAuth2Error):
         return _oauth_error(client, basic=bool(authorization))
@@ -386,13 +392,13 @@ async def _token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str
     if grant_type not in client.config.grant_types:
         return _oauth_error(oauth_errors.UnauthorizedClientError())
     if grant_type == "authorization_code":
-        result = await _code_grant(keystage, issuer_url, client, form, request_info)
+        result = await _code_grant(keystage, issuer_url, client, form, request_info, jkt)
     elif grant_type == "refresh_token":
-        result = await _refresh_grant(keystage, issuer_url, client, form, request_info)
+        result = await _refresh_grant(keystage, issuer_url, client, form, request_info, jkt)
     elif grant_type == rfc8628.GRANT_TYPE:
-        result = await _device_grant(keystage, issuer_url, client, form, request_info)
+        result = await _device_grant(keystage, issuer_url, client, form, request_info, jkt)
     else:
-        result = await _client_credentials_grant(keystage, issuer_url, client, form, db)
+        result = await _client_credentials_grant(keystage, issuer_url, client, form, db, jkt)
     if isinstance(result, oauth_errors.OAuth2Error):
         return _oauth_error(result)
     return Answer(200, result.as_json(), dict(NO_STORE))
@@ -419,11 +425,12 @@ async def token() -> Any:
     if form is None:
         return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
     return _quart_answer(await token_endpoint(web_context.keystage(), issuer(), form,
-                                              request.headers.get("Authorization", ""), web_context.request_info()))
+                                              request.headers.get("Authorization", ""), web_context.request_info(),
+                                              request.headers.get("DPoP")))
 
 
 async def _code_grant(keystage: Any, issuer_url: str, client: tokens.Client, form: Mapping[str, str],
-                      request_info: Any) -> Any:
+                      request_info: Any, jkt: str | None = None) -> Any:
     code = form.get("code", "")
     if not code:
         return oauth_errors.InvalidRequestError("code is missing")
@@ -457,18 +464,21 @@ async def _code_grant(keystage: Any, issuer_url: str, client: tokens.Client, for
         keystage, client, issuer=issuer_url, grant_id=row["grant_id"], subject=str(row["user_id"]),
         user_id=row["user_id"], scope=row["scope"], auth_time=row["auth_time"],
         with_refresh="offline_access" in scopes and "refresh_token" in client.config.grant_types,
-        id_claims=id_claims)
+        id_claims=id_claims, jkt=jkt)
 
 
 async def _refresh_grant(keystage: Any, issuer_url: str, client: tokens.Client, form: Mapping[str, str],
-                         request_info: Any) -> Any:
+                         request_info: Any, jkt: str | None = None) -> Any:
     refresh = form.get("refresh_token", "")
     if not refresh:
         return oauth_errors.InvalidRequestError("refresh_token is missing")
     rotate = client.config.refresh_token_rotation
-    row = await tokens.redeem_refresh(keystage, refresh, rotate=rotate)
+    row = await tokens.redeem_refresh(keystage, refresh, rotate=rotate, jkt=jkt)
     if row is None or row["provider_id"] != client.provider_id:
         return oauth_errors.InvalidGrantError()
+    if row["dpop_jkt"] is not None and row["dpop_jkt"] != jkt:
+        # RFC 9449 5: a bound refresh token needs a proof with the same key (and was left untouched).
+        return oauth_errors.OAuth2Error(error="invalid_dpop_proof", status_code=400)
     if row["previously_used"] and rotate:
         # A rotated refresh token came back: someone has a copy. Revoke the whole grant.
         await tokens.revoke_grant(keystage, row["grant_id"])
@@ -487,18 +497,18 @@ async def _refresh_grant(keystage: Any, issuer_url: str, client: tokens.Client, 
     return await tokens.issue(
         keystage, client, issuer=issuer_url, grant_id=row["grant_id"], subject=str(row["user_id"]),
         user_id=row["user_id"], scope=" ".join(scopes), auth_time=row["auth_time"], with_refresh=rotate,
-        id_claims=id_claims)
+        id_claims=id_claims, jkt=jkt or row["dpop_jkt"])
 
 
 async def _client_credentials_grant(keystage: Any, issuer_url: str, client: tokens.Client,
-                                    form: Mapping[str, str], db: Any) -> Any:
+                                    form: Mapping[str, str], db: Any, jkt: str | None = None) -> Any:
     asked = (form.get("scope") or "").split()
     allowed = set(client.config.scopes) - {"openid", "offline_access"}
     if not set(asked) <= allowed:
         return oauth_errors.InvalidScopeError()
     return await tokens.issue(
         keystage, client, issuer=issuer_url, grant_id=secrets.token_urlsafe(16), subject=client.config.client_id,
-        user_id=None, scope=" ".join(asked), auth_time=None, with_refresh=False, id_claims=None, db=db)
+        user_id=None, scope=" ".join(asked), auth_time=None, with_refresh=False, id_claims=None, db=db, jkt=jkt)
 
 
 # -- userinfo ---------------------------------------------------------------------------------------
@@ -516,11 +526,22 @@ def _bearer_error(error: str, status: int) -> Response:
 async def userinfo() -> Any:
     keystage = web_context.keystage()
     header = request.headers.get("Authorization", "")
-    if header[:7].lower() != "bearer ":
+    scheme, _, access_token = header.partition(" ")
+    if scheme.lower() not in ("bearer", "dpop") or not access_token.strip():
         return _bearer_error("invalid_request" if header else "missing", 401 if not header else 400)
+    access_token = access_token.strip()
     await keyring(keystage).refresh()
-    row = await tokens.find_access_token(keystage, header[7:].strip(), issuer())
+    row = await tokens.find_access_token(keystage, access_token, issuer())
     if row is None or row["user_id"] is None:
+        return _bearer_error("invalid_token", 401)
+    # RFC 9449 7: a bound token only with the DPoP scheme and a proof by its key; an unbound one as Bearer.
+    if row["dpop_jkt"] is not None:
+        proof = request.headers.get("DPoP")
+        jkt = await rfc9449.verify(keystage, proof, method=request.method, url=_base() + "/oauth2/userinfo",
+                                   access_token=access_token) if proof and scheme.lower() == "dpop" else None
+        if jkt != row["dpop_jkt"]:
+            return _bearer_error("invalid_token", 401)
+    elif scheme.lower() != "bearer":
         return _bearer_error("invalid_token", 401)
     client = await tokens.find_client(keystage, row["client_id"])
     user = await keystage.users.get(row["user_id"])
@@ -562,6 +583,8 @@ async def introspect() -> Any:
         if found.get("client_id") == client.config.client_id:
             body = {"active": True, "client_id": found["client_id"], "sub": found["sub"], "scope": found["scope"],
                     "exp": found["exp"], "iat": found["iat"], "iss": issuer(), "token_type": "Bearer"}
+            if isinstance(found.get("cnf"), dict):
+                body["cnf"], body["token_type"] = found["cnf"], "DPoP"
     elif found is not None and found["provider_id"] == client.provider_id:
         body = {"active": True, "client_id": found["client_id"], "scope": found["scope"], "exp": found["exp"],
                 "iat": found["iat"], "iss": issuer(),
@@ -569,6 +592,9 @@ async def introspect() -> Any:
                 "sub": str(found["user_id"]) if found["user_id"] is not None else found["client_id"]}
         if found["username"]:
             body["username"] = found["username"]
+        if found["dpop_jkt"]:
+            body["cnf"] = {"jkt": found["dpop_jkt"]}  # RFC 9449 6.2
+            body["token_type"] = "DPoP"
     response = jsonify(body)
     response.headers.update(NO_STORE)
     return response
@@ -654,7 +680,7 @@ async def device_authorization() -> Any:
 
 
 async def _device_grant(keystage: Any, issuer_url: str, client: tokens.Client, form: Mapping[str, str],
-                        request_info: Any) -> Any:
+                        request_info: Any, jkt: str | None = None) -> Any:
     device_code = form.get("device_code", "")
     if not device_code:
         return oauth_errors.InvalidRequestError("device_code is missing")
@@ -674,7 +700,7 @@ async def _device_grant(keystage: Any, issuer_url: str, client: tokens.Client, f
         keystage, client, issuer=issuer_url, grant_id=secrets.token_urlsafe(16), subject=str(user.id),
         user_id=user.id, scope=polled.scope, auth_time=polled.auth_time,
         with_refresh="offline_access" in scopes and "refresh_token" in client.config.grant_types,
-        id_claims=id_claims)
+        id_claims=id_claims, jkt=jkt)
 
 
 async def _device_page(message: str | None = None, *, show_form: bool = False, code: str = "",

@@ -31,7 +31,7 @@ HEADERS += [(k.lower().encode(), v.encode()) for k, v in NO_STORE.items()]
 # so any origin may: the request is authenticated by its own parameters (secret or PKCE verifier).
 CORS = [(b"access-control-allow-origin", b"*")]
 PREFLIGHT = [*CORS, (b"access-control-allow-methods", b"POST"),
-             (b"access-control-allow-headers", b"authorization, content-type"), (b"access-control-max-age", b"600")]
+             (b"access-control-allow-headers", b"authorization, content-type, dpop"), (b"access-control-max-age", b"600")]
 
 
 class TokenFastPath:
@@ -51,11 +51,14 @@ class TokenFastPath:
             return
         started = time.perf_counter()
         authorization = content_type = ""
+        dpop = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
+            elif name == b"dpop":
+                dpop = value.decode("latin-1")
         body = b""
         while True:
             message = await receive()
@@ -66,7 +69,7 @@ class TokenFastPath:
                 answer: Answer = _oauth_error(oauth_errors.InvalidRequestError("the request is too large"))
                 break
             if not message.get("more_body"):
-                answer = await self._answer(body, content_type, authorization)
+                answer = await self._answer(body, content_type, authorization, dpop)
                 break
         payload = json.dumps(answer.body, separators=(",", ":")).encode()
         headers = [*HEADERS, *CORS, (b"content-length", str(len(payload)).encode()),
@@ -77,7 +80,7 @@ class TokenFastPath:
         if self.metrics is not None:
             self.metrics.observe("POST", answer.status, time.perf_counter() - started)
 
-    async def _answer(self, body: bytes, content_type: str, authorization: str) -> Answer:
+    async def _answer(self, body: bytes, content_type: str, authorization: str, dpop: str | None) -> Answer:
         if content_type.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
             return _oauth_error(oauth_errors.InvalidRequestError("send the parameters as a form"))
         try:
@@ -88,7 +91,7 @@ class TokenFastPath:
         if len(form) != len(pairs):  # RFC 6749 3.1/3.2: parameters MUST NOT be repeated
             return _oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated"))
         try:
-            return await token_endpoint(self.keystage, self.issuer, form, authorization)
+            return await token_endpoint(self.keystage, self.issuer, form, authorization, dpop=dpop)
         except Exception:  # never a traceback in an answer; the log has it
             log.exception("token endpoint failed")
             return Answer(500, {"error": "server_error"}, dict(NO_STORE))

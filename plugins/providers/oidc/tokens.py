@@ -123,14 +123,18 @@ async def revoke_grant(keystage: Keystage, grant_id: str) -> None:
         "UPDATE oidc_tokens SET revoked_at = now() WHERE grant_id = $1 AND revoked_at IS NULL", grant_id)
 
 
-async def redeem_refresh(keystage: Keystage, token: str, *, rotate: bool) -> Any:
+async def redeem_refresh(keystage: Keystage, token: str, *, rotate: bool, jkt: str | None = None) -> Any:
+    """Mark a refresh token used (with rotation) and return it; a DPoP-bound one only with a proof by its
+    key (RFC 9449 5), so that a request without it changes nothing."""
+    used = "CASE WHEN t.dpop_jkt IS NULL OR t.dpop_jkt = $2 THEN now() ELSE t.used_at END" if rotate else "t.used_at"
     return await keystage.pool.fetchrow(
         f"""WITH old AS (SELECT used_at FROM oidc_tokens WHERE token_hash = $1 AND kind = 'refresh' FOR UPDATE)
-            UPDATE oidc_tokens t SET used_at = {"now()" if rotate else "t.used_at"} FROM old, users u
+            UPDATE oidc_tokens t SET used_at = {used} FROM old, users u
             WHERE t.token_hash = $1 AND t.kind = 'refresh' AND u.id = t.user_id
             RETURNING t.grant_id, t.provider_id, t.user_id, t.scope, extract(epoch FROM t.auth_time) AS auth_time,
+                      t.dpop_jkt,
                       t.expires_at < now() AS expired, t.revoked_at IS NOT NULL AS revoked,
-                      old.used_at IS NOT NULL AS previously_used, u.is_active""", digest(token))
+                      old.used_at IS NOT NULL AS previously_used, u.is_active""", digest(token), jkt)
 
 
 @dataclasses.dataclass
@@ -140,9 +144,10 @@ class Issued:
     scope: str
     refresh_token: str | None = None
     id_token: str | None = None
+    token_type: str = "Bearer"
 
     def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"access_token": self.access_token, "token_type": "Bearer",
+        body: dict[str, Any] = {"access_token": self.access_token, "token_type": self.token_type,
                                 "expires_in": self.expires_in, "scope": self.scope}
         if self.refresh_token:
             body["refresh_token"] = self.refresh_token
@@ -166,7 +171,7 @@ def at_hash(access_token: str) -> str:
 
 async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: str, subject: str,
                 user_id: int | None, scope: str, auth_time: float | None, with_refresh: bool,
-                id_claims: dict[str, Any] | None, db: Any = None) -> Issued:
+                id_claims: dict[str, Any] | None, db: Any = None, jkt: str | None = None) -> Issued:
     """Make the access token (JWT or opaque), a refresh token and an ID token as asked, and store them
     in one statement (client_credentials JWTs are not stored: they have no user to deactivate)."""
     config = client.config
@@ -174,16 +179,19 @@ async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: st
     rows: list[tuple[bytes, str, float]] = []
     if config.access_token_format == "jwt":
         jti = new_secret()
-        access = await sign(keystage, config.signing_alg, {
+        access_claims: dict[str, Any] = {
             "iss": issuer, "sub": subject, "aud": config.client_id, "client_id": config.client_id,
             "iat": now, "exp": now + config.access_token_lifetime, "jti": jti, "scope": scope,
-        }, typ="at+jwt", db=db)
+        }
+        if jkt:
+            access_claims["cnf"] = {"jkt": jkt}  # RFC 9449 6.1
+        access = await sign(keystage, config.signing_alg, access_claims, typ="at+jwt", db=db)
         if user_id is not None:
             rows.append((digest(jti), "access", config.access_token_lifetime))
     else:
         access = new_secret()
         rows.append((digest(access), "access", config.access_token_lifetime))
-    issued = Issued(access, config.access_token_lifetime, scope)
+    issued = Issued(access, config.access_token_lifetime, scope, token_type="DPoP" if jkt else "Bearer")
     if with_refresh:
         issued.refresh_token = new_secret()
         rows.append((digest(issued.refresh_token), "refresh", config.refresh_token_lifetime))
@@ -195,11 +203,12 @@ async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: st
         issued.id_token = await sign(keystage, config.signing_alg, claims, db=db)
     if rows:
         await (db or keystage.pool).execute(
-            """INSERT INTO oidc_tokens (token_hash, kind, grant_id, provider_id, user_id, scope, auth_time, expires_at)
-               SELECT h, k, $3, $4, $5, $6, to_timestamp($7), now() + make_interval(secs => l)
+            """INSERT INTO oidc_tokens (token_hash, kind, grant_id, provider_id, user_id, scope, auth_time, expires_at,
+                                        dpop_jkt)
+               SELECT h, k, $3, $4, $5, $6, to_timestamp($7), now() + make_interval(secs => l), $9
                FROM unnest($1::bytea[], $2::text[], $8::float8[]) AS t(h, k, l)""",
             [r[0] for r in rows], [r[1] for r in rows], grant_id, client.provider_id, user_id, scope,
-            auth_time, [float(r[2]) for r in rows])
+            auth_time, [float(r[2]) for r in rows], jkt)
     return issued
 
 
@@ -220,6 +229,7 @@ async def verify_jwt(keystage: Keystage, token: str, issuer: str, *, allow_expir
 
 
 TOKEN_COLUMNS = """t.id, t.kind, t.grant_id, t.user_id, t.scope, t.provider_id, p.config ->> 'client_id' AS client_id,
+                   t.dpop_jkt,
                    u.username, extract(epoch FROM t.expires_at)::bigint AS exp,
                    extract(epoch FROM t.created_at)::bigint AS iat"""
 
