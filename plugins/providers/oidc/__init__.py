@@ -1,6 +1,7 @@
 """OpenID Connect provider: discovery, JWKS, authorization code (+PKCE), refresh, client credentials, userinfo.
 
-Modules: ``config`` (the provider type and its settings), ``keys`` (signing keys), ``authorize``
+Modules: ``config`` (the provider type and its settings), ``keys`` (signing keys), ``grants`` (the token
+endpoint), ``authorize``
 (checking authorization requests), ``tokens`` (codes and tokens), ``claims`` (claims per scope and
 property mappings), ``endpoints`` (HTTP glue), ``fastpath`` (the token endpoint straight from ASGI),
 ``cli`` (``keystage keys``). See docs/admin/oidc.md.

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749 import errors as oauth_errors
 
-from .endpoints import NO_STORE, Answer, _oauth_error, token_endpoint
+from .grants import NO_STORE, Answer, _oauth_error, token_endpoint
 
 log = logging.getLogger("keystage.oidc")
 PATH = "/oauth2/token"

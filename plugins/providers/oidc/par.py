@@ -18,7 +18,7 @@ from . import authorize as authz
 if TYPE_CHECKING:
     from keystage.engine.runtime import Keystage
 
-    from .endpoints import Answer
+    from .grants import Answer
     from .tokens import Client
 
 PREFIX = "urn:ietf:params:oauth:request_uri:"
@@ -30,7 +30,7 @@ def _key(request_uri: str) -> str:
 
 
 async def push(keystage: Keystage, client: Client, form: dict[str, str], issuer: str) -> Answer:
-    from .endpoints import NO_STORE, Answer
+    from .grants import NO_STORE, Answer
 
     params = {k: v for k, v in form.items() if k not in ("client_secret", "client_assertion",
                                                          "client_assertion_type")}

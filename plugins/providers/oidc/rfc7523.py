@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from joserfc import jwt
 from joserfc.errors import JoseError
