@@ -1,10 +1,12 @@
-"""OpenID Connect provider: discovery, JWKS, authorization code (+PKCE), refresh, client credentials, userinfo.
+"""OpenID Connect provider: discovery, JWKS, authorization code (+PKCE), refresh, client credentials,
+device authorization, PAR, DPoP, userinfo, introspection, revocation, RP-initiated logout.
 
-Modules: ``config`` (the provider type and its settings), ``keys`` (signing keys), ``grants`` (the token
-endpoint), ``authorize``
-(checking authorization requests), ``tokens`` (codes and tokens), ``claims`` (claims per scope and
-property mappings), ``endpoints`` (HTTP glue), ``fastpath`` (the token endpoint straight from ASGI),
-``cli`` (``keystage keys``). See docs/admin/oidc.md.
+Modules: ``config`` (the provider type and its settings), ``keys`` (signing keys), ``authorize``
+(checking authorization requests), ``grants`` (the token endpoint, client authentication),
+``tokens`` (codes and tokens), ``claims`` (claims per scope, property mappings), ``rfc7523``
+(private_key_jwt), ``rfc8628`` (devices), ``rfc9449`` (DPoP), ``par``, ``logout``, ``cleanup``,
+``endpoints`` (HTTP glue), ``fastpath`` (the token endpoint straight from ASGI), ``cli``
+(``keystage keys``). See docs/admin/oidc.md.
 """
 
 from __future__ import annotations
