@@ -128,9 +128,9 @@ def server(tmp_path: Path) -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def _node(*args: str) -> dict[str, Any]:
+def _node(*args: str, **env: str) -> dict[str, Any]:
     done = subprocess.run(["node", str(RP_SCRIPT), *args], cwd=RP_DIR, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OPENID_CLIENT_DIR": str(RP_DIR)})
+                          env={**os.environ, "OPENID_CLIENT_DIR": str(RP_DIR), **env})
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -167,4 +167,16 @@ def test_openid_client_code_flow_refresh_userinfo_introspection(server: str) -> 
     assert claims["preferred_username"] == "alice" and claims["email"] == "alice@example.org"
     assert seen["userinfo"]["sub"] == claims["sub"] and seen["userinfo"]["name"] == "Alice"
     assert seen["introspected"]["active"] is True and seen["introspected"]["client_id"] == "node-rp"
+    assert seen["reuse"] == "invalid_grant"
+
+
+def test_openid_client_with_par_and_dpop(server: str) -> None:
+    started = _node("start", server, "node-rp", SECRET, REDIRECT, RP_PAR="1")
+    assert "request_uri=" in started["url"] and "code_challenge" not in started["url"]
+    callback = _sign_in_and_get_callback(server, started["url"])
+    seen = _node("finish", server, "node-rp", SECRET, REDIRECT, callback, started["verifier"], started["state"],
+                 started["nonce"], RP_DPOP="1")
+    assert seen["tokenType"].lower() == "dpop"
+    assert seen["userinfo"]["preferred_username"] == "alice"
+    assert seen["introspected"]["cnf"]["jkt"] and seen["introspected"]["token_type"] == "DPoP"
     assert seen["reuse"] == "invalid_grant"
