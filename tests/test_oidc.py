@@ -356,6 +356,7 @@ entries:
     response = await oidc["browser"].get("/oauth2/authorize?" + urlencode({
         "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid"}))
     assert response.status_code == 403 and "location" not in response.headers
+    assert "You are not allowed to use this application." in response.text
     # prompt=none cannot show a page: the client hears access_denied.
     response = await oidc["browser"].get("/oauth2/authorize?" + urlencode({
         "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid",
@@ -830,3 +831,17 @@ async def test_dpop_binds_tokens_to_the_clients_key(oidc: Any) -> None:
     introspected = (await browser.post("/oauth2/introspect", data={"token": cc["access_token"]},
                                        auth=("grafana", SECRET))).json()
     assert introspected["cnf"] == {"jkt": key.thumbprint()} and introspected["token_type"] == "DPoP"
+
+
+async def test_ui_locales_and_translated_pages(oidc: Any) -> None:
+    browser = oidc["browser"]
+    await login(browser, "/")
+    query = {"response_type": "code", "client_id": "spa", "redirect_uri": "http://localhost:5173/callback",
+             "scope": "openid email", "state": "l", "code_challenge": pkce()[1], "code_challenge_method": "S256",
+             "ui_locales": "de-DE fr"}
+    response = await browser.get("/oauth2/authorize?" + urlencode(query))
+    consent = await browser.get(response.headers["location"])
+    assert "The SPA möchte:" in consent.text and "Ihre E-Mail-Adresse sehen" in consent.text
+    assert 'lang="de"' in consent.text
+    bad = await browser.get("/oauth2/authorize?" + urlencode({"client_id": "nobody"}))
+    assert bad.status_code == 400 and "Diese Anmeldeanfrage ist ungültig." in bad.text

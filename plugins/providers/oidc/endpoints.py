@@ -105,9 +105,9 @@ async def jwks() -> Any:
 
 async def _error_page(status: int = 400) -> Any:
     t = web_context.translations()
-    context = {**web_context.template_globals(), "message": t.gettext(
-        "This sign-in request is not valid. Please go back to the application and try again.")}
-    body = await render_template("access_denied.html", **context, flow={}, challenge={}, messages=[])
+    message = t.gettext("This sign-in request is not valid. Please go back to the application and try again.")
+    body = await render_template("access_denied.html", **web_context.template_globals(), flow={},
+                                 challenge={"message": message}, messages=[])
     response = Response(body, status=status, content_type="text/html; charset=utf-8")
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -115,9 +115,9 @@ async def _error_page(status: int = 400) -> Any:
 
 async def _denied_page() -> Any:
     t = web_context.translations()
-    context = {**web_context.template_globals(),
-               "message": t.gettext("You are not allowed to use this application.")}
-    body = await render_template("access_denied.html", **context, flow={}, challenge={}, messages=[])
+    message = t.gettext("You are not allowed to use this application.")
+    body = await render_template("access_denied.html", **web_context.template_globals(), flow={},
+                                 challenge={"message": message}, messages=[])
     response = Response(body, status=403, content_type="text/html; charset=utf-8")
     response.headers["Cache-Control"] = "no-store"
     return response
