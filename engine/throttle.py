@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import random
 import time
@@ -60,6 +61,8 @@ log = logging.getLogger("keystage.throttle")
 
 STATE_KEY = "throttle"
 KV_PREFIX = "throttle:"
+# "Redis holds every live counter of this database" (one marker per database: deployments or test
+# runs that share a Redis never take each other's marker for their own).
 MARKER = "throttle:loaded"
 MARKER_TTL = 7 * 24 * 3600
 MAX_IDENTIFIER = 254
@@ -230,6 +233,7 @@ class Throttle:
         self.rules = {**DEFAULT_RULES, **(rules or {})}
         self.clock = clock
         self._warming: asyncio.Task[None] | None = None
+        self.marker = f"{MARKER}:{_database_tag(keystage)}"
 
     # -- keys -------------------------------------------------------------------------
 
@@ -342,7 +346,8 @@ class Throttle:
         found: dict[tuple[str, str, str], Counter | None] = {k: None for k in keys}
         if self.keystage.redis is not None:
             # One MGET rather than a get per key (the key-value interface has no batch read yet).
-            values = await self.keystage.redis.mget([REDIS_PREFIX + MARKER, *[REDIS_PREFIX + _kv_key(k) for k in keys]])
+            values = await self.keystage.redis.mget([REDIS_PREFIX + self.marker,
+                                                     *[REDIS_PREFIX + _kv_key(k) for k in keys]])
             if values[0] is not None:
                 for key, raw in zip(keys, values[1:]):
                     counter = Counter.decode(key, raw) if raw is not None else None
@@ -448,7 +453,7 @@ class Throttle:
                         await self._copy(kv, batch, now)
                         batch = []
                 await self._copy(kv, batch, now)
-            await kv.set(MARKER, b"1", ttl=MARKER_TTL)
+            await kv.set(self.marker, b"1", ttl=MARKER_TTL)
         except Exception:  # the next check starts another attempt; reads stay on PostgreSQL meanwhile
             log.warning("copying brute-force counters to Redis failed", exc_info=True)
 
@@ -461,6 +466,17 @@ class Throttle:
         if self._warming is not None and not self._warming.done():
             self._warming.cancel()
             await asyncio.gather(self._warming, return_exceptions=True)
+
+
+def _database_tag(keystage: Keystage) -> str:
+    from .database import database_url
+    from .errors import StartupError
+
+    try:
+        url = database_url(keystage.settings)
+    except StartupError:
+        url = ""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def throttle_of(keystage: Keystage) -> Throttle:

@@ -182,8 +182,9 @@ async def test_counters_survive_a_restart_with_the_store_emptied(settings: Any) 
             await throttle.failed(attempt)
         assert (await throttle.check(username=name, ip=ip)).blocked
         if first.redis is not None:
-            keys = [k async for k in first.redis.scan_iter(match="keystage:throttle:*")]
-            await first.redis.delete(*keys)
+            # This database's counters and marker only: other test runs may share the Redis.
+            keys = [k async for k in first.redis.scan_iter(match=f"keystage:throttle:*{ip}*")]
+            await first.redis.delete(*keys, f"keystage:{throttle.marker}")
         else:
             await first.pool.execute("DELETE FROM kv")
     finally:
@@ -196,7 +197,7 @@ async def test_counters_survive_a_restart_with_the_store_emptied(settings: Any) 
         assert attempt.blocked and attempt.counters[("user_ip", name, ip)].failures == 7  # type: ignore[union-attr]
         if second.redis is not None:
             await throttle._warming  # type: ignore[misc]  # the copy back to Redis
-            assert await second.kv.get("throttle:loaded") == b"1"
+            assert await second.kv.get(throttle.marker) == b"1"
             assert (await throttle.check(username=name, ip=ip)).blocked  # now read from Redis
         await throttle.close()
     finally:
@@ -316,11 +317,13 @@ async def test_attempts_sent_at_once_are_checked_one_at_a_time(settings: Any, mo
             await (throttle.failed(attempt) if wrong else throttle.succeeded(attempt))
             return True
 
+        monkeypatch.setattr("keystage.engine.throttle.IN_FLIGHT_WAIT", 30.0)  # slow machines: never time out here
         assert await asyncio.gather(guess(False), guess(False)) == [True, True]
         results = await asyncio.gather(*[guess(True) for _ in range(8)])
         # One after another: the 5th failure starts a delay, so the 6th and later are refused.
         assert results.count(True) == DEFAULT_RULES["user_ip"].delay_after
         # Spraying at once across identifiers: a few at a time per address.
+        monkeypatch.setattr("keystage.engine.throttle.IN_FLIGHT_WAIT", 0.4)
         ip = unique_ip()
         attempts = await asyncio.gather(*[throttle.check(username=f"s{i}", ip=ip) for i in range(20)])
         assert sum(not a.blocked for a in attempts) == IN_FLIGHT["ip"]
