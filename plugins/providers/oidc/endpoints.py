@@ -180,10 +180,9 @@ async def _continue(request_id: str, *, first: bool) -> Any:
             _save(request_id, record)
         return redirect(f"/flows/{slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
     client = await tokens.find_client(keystage, record["client_id"])
-    if client is None or client.application_id is None:
+    if client is None or client.application is None:
         return await _error_page()
-    app = await applications.get_application(keystage, id=client.application_id)
-    assert app is not None
+    app = client.application
     access = await applications.check_access(keystage, app, user, web_context.request_info())
     if not access.passing:
         applications.pending_authorizations(g.session).pop(request_id, None)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from keystage.engine.applications import Application
+
 from .keys import keyring
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ class Client:
     application_id: int | None
     application_name: str | None
     version: str = ""  # md5 of the stored config: what "unchanged" means below
+    application: Application | None = None
 
 
 def _clients(keystage: Keystage) -> dict[str, Client]:
@@ -55,7 +58,9 @@ async def find_client(keystage: Keystage, client_id: str, db: Any = None) -> Cli
     from .config import OIDCConfig
 
     row = await (db or keystage.pool).fetchrow(
-        """SELECT p.id, p.config, md5(p.config::text) AS version, a.id AS app_id, a.slug, a.name
+        """SELECT p.id AS provider_id, p.config, md5(p.config::text) AS version, a.id, a.slug, a.name,
+                  a.description, a.launch_url, a.icon, a."group", a.provider_id AS app_provider_id,
+                  a.policy_engine_mode
            FROM providers p LEFT JOIN applications a ON a.provider_id = p.id
            WHERE p.type = 'oidc' AND p.config ->> 'client_id' = $1""", client_id)
     known = _clients(keystage)
@@ -63,12 +68,17 @@ async def find_client(keystage: Keystage, client_id: str, db: Any = None) -> Cli
         known.pop(client_id, None)
         return None
     previous = known.get(client_id)
-    if previous is not None and previous.provider_id == row["id"] and previous.version == row["version"]:
+    if previous is not None and previous.provider_id == row["provider_id"] and previous.version == row["version"]:
         config = previous.config
     else:
         raw = row["config"]
         config = OIDCConfig.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
-    client = Client(row["id"], config, row["slug"], row["app_id"], row["name"], row["version"])
+    application = None
+    if row["id"] is not None:
+        application = Application(id=row["id"], slug=row["slug"], name=row["name"], description=row["description"],
+                                  launch_url=row["launch_url"], icon=row["icon"], group=row["group"],
+                                  provider_id=row["app_provider_id"], policy_engine_mode=row["policy_engine_mode"])
+    client = Client(row["provider_id"], config, row["slug"], row["id"], row["name"], row["version"], application)
     if len(known) > 10_000:
         known.clear()
     known[client_id] = client
