@@ -845,3 +845,29 @@ async def test_ui_locales_and_translated_pages(oidc: Any) -> None:
     assert 'lang="de"' in consent.text
     bad = await browser.get("/oauth2/authorize?" + urlencode({"client_id": "nobody"}))
     assert bad.status_code == 400 and "Diese Anmeldeanfrage ist ungültig." in bad.text
+
+
+async def test_prompt_login_and_max_age_force_a_new_sign_in(oidc: Any) -> None:
+    browser = oidc["browser"]
+    verifier, challenge = pkce()
+
+    async def auth_time(**params: str) -> int:
+        code = (await authorize(oidc, code_challenge=challenge, code_challenge_method="S256", **params))["code"][0]
+        token = (await browser.post("/oauth2/token", data={
+            "grant_type": "authorization_code", "code": code, "code_verifier": verifier}, auth=("grafana", SECRET))
+        ).json()  # redirect_uri may be left out: grafana has exactly one
+        keys = KeySet.import_key_set((await browser.get("/oauth2/jwks")).json())
+        return int(jwt.decode(token["id_token"], keys).claims["auth_time"])
+
+    import asyncio
+
+    first = await auth_time()
+    await asyncio.sleep(1.1)
+    assert await auth_time() == first  # the SSO session is reused
+    await asyncio.sleep(1.1)
+    again = await auth_time(prompt="login")
+    assert again > first  # follow() had to sign in again
+    await asyncio.sleep(1.1)
+    assert await auth_time(max_age="3600") == again
+    await asyncio.sleep(1.1)
+    assert await auth_time(max_age="1") > again

@@ -179,7 +179,10 @@ async def _code_grant(keystage: Any, issuer_url: str, client: tokens.Client, for
         return oauth_errors.InvalidGrantError()
     if row["expired"] or not row["is_active"]:
         return oauth_errors.InvalidGrantError()
-    if form.get("redirect_uri") != row["redirect_uri"]:
+    # RFC 6749 4.1.3: the same redirect_uri; it may be left out only where it could be left out of the
+    # authorization request (a single registered URI).
+    sole = [u.url for u in client.config.redirect_uris] if len(client.config.redirect_uris) == 1 else []
+    if form.get("redirect_uri", sole[0] if sole else None) != row["redirect_uri"]:
         return oauth_errors.InvalidGrantError("redirect_uri does not match")
     verifier = form.get("code_verifier")
     if row["code_challenge"] is not None:
