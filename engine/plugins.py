@@ -35,7 +35,7 @@ DEPRECATED_ARGUMENTS: dict[str, dict[str, str]] = {}
 class KeystageDeprecationWarning(DeprecationWarning):
     """A plugin uses something of the hook API that a later major version removes."""
 
-# Every bundled plugin, in the order their hooks are called. tests/test_plugins.py checks
+# Every bundled plugin, in the order their hooks are called. tests/test_kernel.py checks
 # that this covers every package under stages/ and plugins/.
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "keystage.plugins.hashers.argon2id",
