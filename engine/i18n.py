@@ -43,6 +43,12 @@ def parse_locale(value: str | None) -> str | None:
     """Normalise ``de-DE`` / ``de_de`` to ``de_DE``; ``None`` for anything malformed or unknown."""
     if not value or len(value) > 35:
         return None
+    return _parse_locale(value)
+
+
+# Cached (bounded, so hostile headers cannot grow it): Locale.parse costs tens of µs per call.
+@functools.lru_cache(maxsize=1024)
+def _parse_locale(value: str) -> str | None:
     pseudo = {code.lower(): code for code in PSEUDO_LOCALES}.get(value.strip().replace("-", "_").lower())
     if pseudo:
         return pseudo
@@ -113,11 +119,17 @@ def fallbacks(locale: str) -> list[str]:
     """``zh_Hant_TW`` → ``[zh_Hant_TW, zh_Hant, zh]``; ``zh_TW`` and ``zh_CN`` gain their script from
     CLDR's likely subtags (``zh_Hant``, ``zh_Hans``), so browsers sending ``zh-TW`` reach the
     Traditional catalog. Other locales: ``de_AT`` → ``[de_AT, de]``."""
+    return list(_fallbacks(locale))
+
+
+# Cached (bounded): Locale.parse and the likely-subtags lookup cost ~180 µs, several times a request.
+@functools.lru_cache(maxsize=1024)
+def _fallbacks(locale: str) -> tuple[str, ...]:
     out = [locale]
     try:
         parsed = Locale.parse(locale)
     except (ValueError, TypeError, UnknownLocaleError):
-        return out + [locale.split("_", 1)[0]]
+        return tuple(dict.fromkeys((*out, locale.split("_", 1)[0])))
     script = parsed.script
     if not script:
         likely = get_global("likely_subtags")
@@ -128,7 +140,7 @@ def fallbacks(locale: str) -> list[str]:
     if script:
         out.append(f"{parsed.language}_{script}")
     out.append(parsed.language)
-    return list(dict.fromkeys(out))
+    return tuple(dict.fromkeys(out))
 
 
 def accept_language(header: str | None) -> list[str]:
