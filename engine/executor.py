@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from . import events, i18n, planner, policy_engine
-from .flow_context import PENDING_USER, REDIRECT, PlanContext
+from .flow_context import LOGIN_HINT, PENDING_USER, REDIRECT, PlanContext
 from .flows import Flow, load_flow
 from .planner import Denied, Plan, PlanError
 from .policy import PolicyRequest, PolicyResult
@@ -64,7 +64,8 @@ class Executor:
 
     # -- public ---------------------------------------------------------------------
 
-    async def get(self, slug: str, *, next_url: str | None = None, restart: bool = False) -> Outcome:
+    async def get(self, slug: str, *, next_url: str | None = None, restart: bool = False,
+                  login_hint: str | None = None) -> Outcome:
         flow = await load_flow(self.keystage, slug)
         if flow is None:
             return self._not_found()
@@ -72,7 +73,8 @@ class Executor:
             self._drop(slug)
         plan = self._load_plan(slug)
         if plan is None:
-            new = await self._new_plan(flow, next_url)
+            hint = _clean_hint(login_hint)
+            new = await self._new_plan(flow, next_url, {LOGIN_HINT.name: hint} if hint else None)
             if isinstance(new, Outcome):
                 return new
             plan = new
@@ -322,6 +324,16 @@ class Executor:
             await events.record(self.keystage, events.Event(
                 "logout", user_id=user_id, client_ip=self.request.client_ip, user_agent=self.request.user_agent,
             ))
+
+
+def _clean_hint(value: str | None) -> str | None:
+    """A login hint as the client sent it, if it is a short printable identifier; else nothing."""
+    if not value:
+        return None
+    value = value.strip()
+    if not 0 < len(value) <= 254 or not value.isprintable():
+        return None
+    return value
 
 
 def _errors_json(errors: Mapping[str, list[FieldError]]) -> dict[str, list[dict[str, str]]]:

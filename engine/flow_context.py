@@ -47,6 +47,8 @@ PENDING_USER: ContextKey[int] = ContextKey("pending_user")
 # What the user typed to identify themselves (kept even when no such user exists, so
 # later stages behave the same either way: no user enumeration).
 PENDING_IDENTIFIER: ContextKey[str] = ContextKey("pending_identifier")
+# A hint of who is signing in (OIDC ``login_hint``): prefills identification, proves nothing.
+LOGIN_HINT: ContextKey[str] = ContextKey("login_hint")
 # Whether the pending user has proven who they are (e.g. by password) in this flow.
 AUTHENTICATED_BY: ContextKey[list[str]] = ContextKey("authenticated_by")
 # Values collected by prompt stages, by field key.

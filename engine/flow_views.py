@@ -54,7 +54,8 @@ async def _render(outcome: Outcome, slug: str) -> tuple[str, int]:
 async def flow_html(slug: str) -> Any:
     executor = _executor()
     if request.method == "GET":
-        outcome = await executor.get(slug, next_url=_next_url(), restart=request.args.get("restart") == "1")
+        outcome = await executor.get(slug, next_url=_next_url(), restart=request.args.get("restart") == "1",
+                                     login_hint=request.args.get("login_hint"))
     else:
         form = await request.form
         if not check_csrf(g.session, form.get("csrf_token")):
@@ -76,7 +77,8 @@ async def flow_html(slug: str) -> Any:
 async def flow_json(slug: str) -> Any:
     executor = _executor()
     if request.method == "GET":
-        outcome = await executor.get(slug, next_url=_next_url(), restart=request.args.get("restart") == "1")
+        outcome = await executor.get(slug, next_url=_next_url(), restart=request.args.get("restart") == "1",
+                                     login_hint=request.args.get("login_hint"))
     else:
         # Requiring a JSON body forces a CORS preflight on cross-site requests, which we
         # never grant: that is this face's CSRF protection (with SameSite=Lax cookies).

@@ -871,3 +871,20 @@ async def test_prompt_login_and_max_age_force_a_new_sign_in(oidc: Any) -> None:
     assert await auth_time(max_age="3600") == again
     await asyncio.sleep(1.1)
     assert await auth_time(max_age="1") > again
+
+
+async def test_login_hint_prefills_the_identification_stage(oidc: Any) -> None:
+    browser = oidc["browser"]
+    response = await browser.get("/oauth2/authorize?" + urlencode({
+        "response_type": "code", "client_id": "grafana", "redirect_uri": REDIRECT, "scope": "openid",
+        "state": "x", "login_hint": "alice@example.org"}))
+    assert response.status_code == 302
+    location = response.headers["location"]
+    assert location.startswith("/flows/default-authentication-flow/")
+    assert parse_qs(urlsplit(location).query)["login_hint"] == ["alice@example.org"]
+    page = (await browser.get(location)).text
+    assert 'value="alice@example.org"' in page and 'id="id_uid_field"' in page
+    # A hint proves nothing: the password is still asked, and a control character is not echoed.
+    challenge = (await browser.get("/api/v1/flows/default-authentication-flow/executor",
+                                   params={"restart": "1", "login_hint": "bob\x00"})).json()
+    assert challenge["component"] == "identification" and challenge["pending_identifier"] == ""

@@ -14,7 +14,7 @@ import pydantic
 
 from keystage.engine import events
 from keystage.engine.authenticators import device_classes
-from keystage.engine.flow_context import AUTHENTICATED_BY, PENDING_IDENTIFIER, PENDING_USER
+from keystage.engine.flow_context import AUTHENTICATED_BY, LOGIN_HINT, PENDING_IDENTIFIER, PENDING_USER
 from keystage.engine.hookspecs import hookimpl
 from keystage.engine.stage import Continue, FieldError, Invalid, Stage, StageConfig, StageResult
 from keystage.engine.throttle import throttle_of
@@ -64,7 +64,7 @@ class IdentificationStage(Stage):
             "password_fields": self.config.show_password,
             "enroll_url": f"/flows/{self.config.enrollment_flow}/" if self.config.enrollment_flow else None,
             "recovery_url": f"/flows/{self.config.recovery_flow}/" if self.config.recovery_flow else None,
-            "pending_identifier": self.ctx.plan.get(PENDING_IDENTIFIER) or "",
+            "pending_identifier": self.ctx.plan.get(PENDING_IDENTIFIER) or self.ctx.plan.get(LOGIN_HINT) or "",
             **(await self._passkey_challenge()),
         }
 

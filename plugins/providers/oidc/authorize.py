@@ -60,6 +60,7 @@ class Pending:
             "client_id": self.client_id, "application": self.application, "application_name": self.application_name,
             "redirect_uri": self.redirect_uri, "scopes": self.scopes, "state": self.state, "nonce": self.nonce,
             "code_challenge": self.code_challenge, "prompt": self.prompt, "max_age": self.max_age,
+            "login_hint": self.login_hint,
             "descriptions": [SCOPE_DESCRIPTIONS[s] for s in self.scopes if s in SCOPE_DESCRIPTIONS],
             "deny_url": response_url(self.redirect_uri, {"error": "access_denied", **error}),
             "consent_required_url": response_url(self.redirect_uri, {"error": "consent_required", **error}),

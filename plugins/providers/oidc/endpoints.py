@@ -178,7 +178,10 @@ async def _continue(request_id: str, *, first: bool) -> Any:
         if user is not None:  # signed in, but too long ago (max_age) or prompt=login: sign in again
             record["login_after"] = max(record["login_after"], time.time() - 1)
             _save(request_id, record)
-        return redirect(f"/flows/{slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
+        query = {"next": continue_url, "restart": "1"}
+        if record.get("login_hint"):
+            query["login_hint"] = record["login_hint"]  # prefills the identification stage
+        return redirect(f"/flows/{slug}/?{urlencode(query)}", 302)
     client = await tokens.find_client(keystage, record["client_id"])
     if client is None or client.application is None:
         return await _error_page()
