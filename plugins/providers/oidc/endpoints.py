@@ -278,6 +278,19 @@ async def _form() -> dict[str, str] | None:
     return form.to_dict()
 
 
+async def _authenticated_client(keystage: Any) -> tuple[Any, dict[str, str]] | Any:
+    """``(client, form)`` for an endpoint clients call with their credentials (introspection,
+    revocation, PAR, device authorization), or the RFC 6749 error answer to return."""
+    form = await _form()
+    if form is None:
+        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
+    authorization = request.headers.get("Authorization", "")
+    client = await _authenticate_client(keystage, form, authorization)
+    if isinstance(client, oauth_errors.OAuth2Error):
+        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
+    return client, form
+
+
 @oidc_routes.post("/oauth2/token")
 async def token() -> Any:
     form = await _form()
@@ -340,13 +353,10 @@ async def userinfo() -> Any:
 @oidc_routes.post("/oauth2/introspect")
 async def introspect() -> Any:
     keystage = web_context.keystage()
-    form = await _form()
-    if form is None:
-        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
-    authorization = request.headers.get("Authorization", "")
-    client = await _authenticate_client(keystage, form, authorization)
-    if isinstance(client, oauth_errors.OAuth2Error):
-        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
+    authenticated = await _authenticated_client(keystage)
+    if not isinstance(authenticated, tuple):
+        return authenticated
+    client, form = authenticated
     if client.config.client_type != "confidential":
         return _quart_answer(_oauth_error(oauth_errors.UnauthorizedClientError()))
     token = form.get("token", "")
@@ -380,13 +390,10 @@ async def introspect() -> Any:
 @oidc_routes.post("/oauth2/revoke")
 async def revoke() -> Any:
     keystage = web_context.keystage()
-    form = await _form()
-    if form is None:
-        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
-    authorization = request.headers.get("Authorization", "")
-    client = await _authenticate_client(keystage, form, authorization)
-    if isinstance(client, oauth_errors.OAuth2Error):
-        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
+    authenticated = await _authenticated_client(keystage)
+    if not isinstance(authenticated, tuple):
+        return authenticated
+    client, form = authenticated
     token = form.get("token", "")
     if not token:
         return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("token is missing")))
@@ -419,13 +426,10 @@ async def end_session_done() -> Any:
 @oidc_routes.post("/oauth2/par")
 async def pushed_authorization_request() -> Any:
     keystage = web_context.keystage()
-    form = await _form()
-    if form is None:
-        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
-    authorization = request.headers.get("Authorization", "")
-    client = await _authenticate_client(keystage, form, authorization)
-    if isinstance(client, oauth_errors.OAuth2Error):
-        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
+    authenticated = await _authenticated_client(keystage)
+    if not isinstance(authenticated, tuple):
+        return authenticated
+    client, form = authenticated
     answer = await par.push(keystage, client, form, issuer())
     return _quart_answer(answer)
 
@@ -436,13 +440,10 @@ async def pushed_authorization_request() -> Any:
 @oidc_routes.post("/oauth2/device")
 async def device_authorization() -> Any:
     keystage = web_context.keystage()
-    form = await _form()
-    if form is None:
-        return _quart_answer(_oauth_error(oauth_errors.InvalidRequestError("a parameter is repeated")))
-    authorization = request.headers.get("Authorization", "")
-    client = await _authenticate_client(keystage, form, authorization)
-    if isinstance(client, oauth_errors.OAuth2Error):
-        return _quart_answer(_oauth_error(client, basic=bool(authorization)))
+    authenticated = await _authenticated_client(keystage)
+    if not isinstance(authenticated, tuple):
+        return authenticated
+    client, form = authenticated
     if rfc8628.GRANT_TYPE not in client.config.grant_types or client.application_id is None:
         return _quart_answer(_oauth_error(oauth_errors.UnauthorizedClientError()))
     scopes = list(dict.fromkeys((form.get("scope") or "").split()))
