@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import httpx
 import pytest
 
-from keystage.engine.testing import base_settings, skip_or_fail, with_database
+from keystage.engine.testing import base_settings, fresh_database, skip_or_fail
 
 KEYSTAGE = Path(sys.executable).parent / "keystage"
-SERVER_URL = os.environ.get("KEYSTAGE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RP_DIR = Path(os.environ.get("KEYSTAGE_TEST_OPENID_CLIENT", "/tmp/ks-rp"))
 RP_SCRIPT = Path(__file__).parent / "oidc_rp" / "rp.mjs"
 SECRET = "rp-" + "s" * 45
@@ -45,14 +43,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(SERVER_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _prepare(database_url: str, data_dir: Path) -> None:
@@ -87,12 +77,14 @@ entries:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+def server(tmp_path: Path, keystage_server_url: str) -> Iterator[str]:
     if shutil.which("node") is None or not (RP_DIR / "node_modules" / "openid-client").is_dir():
         skip_or_fail(f"node and openid-client are needed (npm install --prefix {RP_DIR} openid-client)")
-    name = f"keystage_rp_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    database_url = with_database(SERVER_URL, name)
+    with fresh_database(keystage_server_url, prefix="keystage_rp") as database_url:
+        yield from _serve(tmp_path, database_url)
+
+
+def _serve(tmp_path: Path, database_url: str) -> Iterator[str]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
@@ -125,7 +117,6 @@ def server(tmp_path: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _node(*args: str, **env: str) -> dict[str, Any]:
