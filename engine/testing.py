@@ -487,3 +487,45 @@ class FlowDriver:
 @pytest.fixture
 def flow(keystage_client: Any) -> FlowDriver:
     return FlowDriver(keystage_client)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server started by a test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(url: str) -> int | None:
+    """The HTTP status of a GET to ``url``; None while nothing answers there (a server still starting)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+@pytest.fixture(params=["postgres", "redis"])
+def keystage_backend_settings(request: pytest.FixtureRequest, keystage_settings: Settings) -> Settings:
+    """``keystage_settings`` once with the PostgreSQL key-value store and once with Redis (the
+    ``redis_url`` fixture: skipped without Redis, failed in CI)."""
+    if request.param == "redis":
+        return dataclasses.replace(keystage_settings, redis_url=request.getfixturevalue("redis_url"))
+    return keystage_settings
+
+
+@contextlib.asynccontextmanager
+async def opened_kernel(settings: Settings, **kwargs: Any) -> AsyncIterator[Keystage]:
+    """A ``Keystage`` opened on ``settings`` for a ``async with`` block, closed afterwards."""
+    kernel = Keystage(settings, **kwargs)
+    await kernel.open()
+    try:
+        yield kernel
+    finally:
+        await kernel.close()
+

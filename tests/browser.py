@@ -28,12 +28,9 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +38,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from keystage.engine.testing import fresh_database, skip_or_fail
+from keystage.engine.testing import free_port, fresh_database, http_status, skip_or_fail
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -87,27 +84,15 @@ async def browser() -> AsyncIterator[Any]:
 # -- keystage serve -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def _http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return None
 
 
 class LiveServer:
     """One ``keystage serve`` process (in its own process group) and the environment it runs with."""
 
     def __init__(self, database_url: str, data_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://localhost:{self.port}"
         self.database_url = database_url
         self.data_dir = data_dir
@@ -133,7 +118,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 pytest.fail(f"keystage serve exited with {self.proc.returncode}:\n{self.output()}")
             # Probe over 127.0.0.1: the process listens there; the browser reaches it as localhost.
-            if _http_status(f"http://127.0.0.1:{self.port}/-/health/ready/") == 200:
+            if http_status(f"http://127.0.0.1:{self.port}/-/health/ready/") == 200:
                 return
             time.sleep(0.1)
         pytest.fail(f"keystage serve not ready after {READY_TIMEOUT} s:\n{self.output()}")

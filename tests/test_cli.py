@@ -13,14 +13,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import psutil
 import pytest
 
 from keystage.engine.plugins import BUNDLED_PLUGINS
+from keystage.engine.testing import free_port, http_status
 
 KEYSTAGE = Path(sys.executable).parent / "keystage"
 READY_TIMEOUT = 40.0
@@ -90,20 +88,8 @@ def assert_one_clean_line(result: subprocess.CompletedProcess[str], code: int | 
     return lines[0]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return None
 
 
 def postgres_processes(data_dir: Path) -> list[psutil.Process]:

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import httpx
 import pytest
 
 from keystage.engine.sessions import COOKIE_NAME, store_key
-from keystage.engine.testing import base_settings, fresh_database
+from keystage.engine.testing import base_settings, free_port, fresh_database
 
 KEYSTAGE = Path(sys.executable).parent / "keystage"
 FLOW = "default-authentication-flow"
@@ -101,10 +100,6 @@ def redis_has_session(redis_url: str, cookie: str) -> bool:
 # -- servers --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

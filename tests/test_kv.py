@@ -12,23 +12,13 @@ import pytest
 from keystage.engine import kv
 from keystage.engine.config import Settings
 from keystage.engine.runtime import Keystage
-
-
-@pytest.fixture(params=["postgres", "redis"])
-def backend_settings(request: pytest.FixtureRequest, keystage_settings: Settings) -> Settings:
-    if request.param == "redis":
-        return dataclasses.replace(keystage_settings, redis_url=request.getfixturevalue("redis_url"))
-    return keystage_settings
+from keystage.engine.testing import opened_kernel
 
 
 @pytest.fixture
-async def kernel(backend_settings: Settings) -> AsyncIterator[Keystage]:
-    runtime = Keystage(backend_settings)
-    await runtime.open()
-    try:
+async def kernel(keystage_backend_settings: Settings) -> AsyncIterator[Keystage]:
+    async with opened_kernel(keystage_backend_settings) as runtime:
         yield runtime
-    finally:
-        await runtime.close()
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from test_cli import KEYSTAGE, clean_env, free_port, http_status
+from keystage.engine.testing import free_port, http_status
+from test_cli import KEYSTAGE, clean_env
 
 TOTAL = re.compile(r'^keystage_http_requests_total\{method="GET",status="200"\} (\d+)', re.M)
 

@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from keystage.engine.testing import base_settings, fresh_database, skip_or_fail
+from keystage.engine.testing import base_settings, free_port, fresh_database, skip_or_fail
 
 KEYSTAGE = Path(sys.executable).parent / "keystage"
 RP_DIR = Path(os.environ.get("KEYSTAGE_TEST_OPENID_CLIENT", "/tmp/ks-rp"))
@@ -39,10 +38,6 @@ REDIRECT = "http://127.0.0.1:1/callback"  # never contacted: the test reads the 
 PASSWORD = "correct horse battery staple"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _prepare(database_url: str, data_dir: Path) -> None:
@@ -85,7 +80,7 @@ def server(tmp_path: Path, keystage_server_url: str) -> Iterator[str]:
 
 
 def _serve(tmp_path: Path, database_url: str) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     proc = None

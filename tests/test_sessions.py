@@ -18,25 +18,19 @@ from keystage.engine.config import Settings
 from keystage.engine.csrf import check_csrf, csrf_token
 from keystage.engine.runtime import Keystage
 from keystage.engine.sessions import COOKIE_NAME, Session, SessionManager
+from keystage.engine.testing import opened_kernel
 
 
-@pytest.fixture(params=["postgres", "redis"])
-def backend_settings(request: pytest.FixtureRequest, keystage_settings: Settings) -> Settings:
+@pytest.fixture
+def backend_settings(keystage_backend_settings: Settings) -> Settings:
     # Short lifetimes: what these tests leave in the shared Redis database goes away by itself.
-    settings = dataclasses.replace(keystage_settings, session_lifetime=60, remember_me_lifetime=120)
-    if request.param == "redis":
-        return dataclasses.replace(settings, redis_url=request.getfixturevalue("redis_url"))
-    return settings
+    return dataclasses.replace(keystage_backend_settings, session_lifetime=60, remember_me_lifetime=120)
 
 
 @pytest.fixture
 async def kernel(backend_settings: Settings) -> AsyncIterator[Keystage]:
-    runtime = Keystage(backend_settings)
-    await runtime.open()
-    try:
+    async with opened_kernel(backend_settings) as runtime:
         yield runtime
-    finally:
-        await runtime.close()
 
 
 @pytest.fixture
