@@ -78,4 +78,12 @@ def may_enrol(ctx: StageContext, user_id: int | None) -> bool:
     return ctx.session.user_id == user_id or bool(ctx.plan.get(AUTHENTICATED_BY))
 
 
-__all__ = ["PASSKEY", "Device", "DeviceClass", "device_classes", "may_enrol"]
+def enrolling_user_id(ctx: StageContext) -> int | None:
+    """The user a setup stage enrols an authenticator for (the flow's pending user), if allowed."""
+    from .flow_context import PENDING_USER
+
+    user_id = ctx.plan.get(PENDING_USER)
+    return user_id if may_enrol(ctx, user_id) else None
+
+
+__all__ = ["PASSKEY", "Device", "DeviceClass", "device_classes", "enrolling_user_id", "may_enrol"]

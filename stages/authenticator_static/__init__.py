@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keystage.engine.authenticators import Device, DeviceClass, may_enrol
-from keystage.engine.flow_context import PENDING_USER, ContextKey
+from keystage.engine.authenticators import Device, DeviceClass, enrolling_user_id
+from keystage.engine.flow_context import ContextKey
 from keystage.engine.hookspecs import hookimpl
 from keystage.engine.i18n import N_
 from keystage.engine.stage import Continue, Deny, Stage, StageConfig, StageResult
@@ -102,8 +102,7 @@ class StaticSetupStage(Stage):
     device_class = StaticDevices()
 
     def _user_id(self) -> int | None:
-        user_id = self.ctx.plan.get(PENDING_USER)
-        return user_id if may_enrol(self.ctx, user_id) else None
+        return enrolling_user_id(self.ctx)
 
     async def challenge(self) -> dict[str, Any] | None:
         if self._user_id() is None:

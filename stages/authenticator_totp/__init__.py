@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keystage.engine.authenticators import Device, DeviceClass, may_enrol
-from keystage.engine.flow_context import AUTHENTICATED_BY, PENDING_USER, ContextKey
+from keystage.engine.authenticators import Device, DeviceClass, enrolling_user_id
+from keystage.engine.flow_context import AUTHENTICATED_BY, ContextKey
 from keystage.engine.hookspecs import hookimpl
 from keystage.engine.i18n import N_
 from keystage.engine.stage import Continue, Deny, FieldError, Invalid, Stage, StageConfig, StageResult
@@ -126,8 +126,7 @@ class TOTPSetupStage(Stage):
     config: TOTPSetupConfig
 
     def _user_id(self) -> int | None:
-        user_id = self.ctx.plan.get(PENDING_USER)
-        return user_id if may_enrol(self.ctx, user_id) else None
+        return enrolling_user_id(self.ctx)
 
     async def challenge(self) -> dict[str, Any] | None:
         user_id = self._user_id()

@@ -24,7 +24,7 @@ from webauthn.helpers import bytes_to_base64url
 from webauthn.helpers.exceptions import WebAuthnException
 
 from keystage.engine import events
-from keystage.engine.authenticators import PASSKEY, Device, DeviceClass, may_enrol
+from keystage.engine.authenticators import PASSKEY, Device, DeviceClass, enrolling_user_id
 from keystage.engine.flow_context import AUTHENTICATED_BY, PENDING_IDENTIFIER, PENDING_USER, ContextKey
 from keystage.engine.hookspecs import hookimpl
 from keystage.engine.i18n import N_
@@ -184,8 +184,7 @@ class WebAuthnSetupStage(Stage):
     config: WebAuthnSetupConfig
 
     def _user_id(self) -> int | None:
-        user_id = self.ctx.plan.get(PENDING_USER)
-        return user_id if may_enrol(self.ctx, user_id) else None
+        return enrolling_user_id(self.ctx)
 
     async def challenge(self) -> dict[str, Any] | None:
         user_id = self._user_id()
