@@ -46,6 +46,18 @@ class ProviderType:
     def validate_config(cls, raw: dict[str, Any]) -> ProviderConfig:
         return cls.Config.model_validate(dict(raw))
 
+    @classmethod
+    async def resolve_config(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """What an admin wrote, completed before validation, when a blueprint is applied (for
+        instance: metadata fetched from a URL the admin gave). Raise ``ValueError`` to refuse."""
+        return raw
+
+    @classmethod
+    def launch_url(cls, application_slug: str, config: dict[str, Any]) -> str | None:
+        """Where the library page sends a user for an application with no launch URL of its own
+        (for instance: IdP-initiated sign-in). ``config`` is the stored configuration."""
+        return None
+
 
 def provider_types(keystage: Keystage) -> dict[str, type[ProviderType]]:
     """``{type_name: class}`` of every plugin's ``register_provider_types``, collected once per kernel."""

@@ -694,7 +694,13 @@ class _Applier:
             if type_name not in types:
                 known = ", ".join(sorted(types)) or "none registered"
                 raise _EntryError("type", f"unknown provider type {type_name!r} (known: {known})")
-            values["config"] = _validated_config(types[type_name], values.get("config", current.get("config", {})))
+            raw = values.get("config", current.get("config", {}))
+            if isinstance(raw, dict):
+                try:
+                    raw = await types[type_name].resolve_config(raw)
+                except ValueError as exc:
+                    raise _EntryError("config", str(exc)) from None
+            values["config"] = _validated_config(types[type_name], raw)
         elif spec.name == "policy" and ("type" in values or "config" in values):
             types = getattr(self.keystage, "policy_types", None)
             if types is None:

@@ -129,13 +129,37 @@ async def home() -> Any:
     return _vary(Response(await render_template("library.html", **context), content_type="text/html; charset=utf-8"))
 
 
+async def _with_launch_urls(keystage: Any, apps: list[Any]) -> list[Any]:
+    """Applications without a launch URL get the one their provider type offers (one query)."""
+    import dataclasses
+    import json
+
+    from .applications import provider_types
+
+    wanted = {a.provider_id for a in apps if not a.launch_url and a.provider_id is not None}
+    if not wanted:
+        return apps
+    rows = await keystage.pool.fetch("SELECT id, type, config FROM providers WHERE id = ANY($1::bigint[])",
+                                     list(wanted))
+    types = provider_types(keystage)
+    providers = {row["id"]: (types.get(row["type"]), row["config"]) for row in rows}
+    result = []
+    for app in apps:
+        kind, config = providers.get(app.provider_id, (None, None)) if not app.launch_url else (None, None)
+        url = None
+        if kind is not None:
+            url = kind.launch_url(app.slug, json.loads(config) if isinstance(config, str) else dict(config))
+        result.append(dataclasses.replace(app, launch_url=url) if url else app)
+    return result
+
+
 async def library_context(keystage: Any, user: Any, query: str) -> dict[str, Any]:
     """The user's application library: what they may use (one policy batch), grouped, filtered by ``query``."""
     from itertools import groupby
 
     from .applications import library
 
-    apps = await library(keystage, user, web_context.request_info())
+    apps = await _with_launch_urls(keystage, await library(keystage, user, web_context.request_info()))
     searchable = len(apps) > 1
     needle = query.strip().casefold()[:100]
     if needle:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
-from keystage.engine import N_, events, sandbox
-from keystage.engine.policy import PolicyRequest
-from keystage.engine.sandbox.context import group_names, policy_context, user_loader
+from keystage.engine import N_, mappings
+from keystage.engine.sandbox.context import group_names
 
 if TYPE_CHECKING:
     from keystage.engine.request_info import RequestInfo
@@ -15,8 +13,6 @@ if TYPE_CHECKING:
     from keystage.engine.users import User
 
     from .config import OIDCConfig
-
-log = logging.getLogger("keystage.oidc")
 
 # What the consent page says each scope gives the application.
 SCOPE_DESCRIPTIONS = {
@@ -53,16 +49,7 @@ async def user_claims(keystage: Keystage, user: User, scopes: list[str], config:
 
 async def _mapped(keystage: Keystage, scope: str, source: str, user: User,
                   request: RequestInfo | None) -> dict[str, Any]:
-    pool = sandbox.get_sandbox(keystage)
-    policy_request = PolicyRequest(keystage, user, request, {})
-    try:
-        context = await policy_context(policy_request, sandbox.compile_expression(source), pool.helper_names)
-        result = await pool.evaluate(source, context=context, kind="mapping", user_loader=user_loader(keystage))
-    except sandbox.ExpressionError as exc:
-        # A broken mapping leaves its claims out (never a half-made claim) and is recorded for the admin.
-        log.warning("property mapping for scope %s failed: %s", scope, exc)
-        await events.record(keystage, events.Event(
-            "property_mapping_exception", user_id=user.id, username=user.username,
-            context={"scope": scope, "reason": str(exc), "line": getattr(exc, "line", None)}))
+    value = await mappings.evaluate_mapping(keystage, source, user, request, label={"scope": scope})
+    if value is mappings.FAILED:
         return {}
-    return {k: v for k, v in dict(result.value).items() if k not in PROTECTED}
+    return {k: v for k, v in dict(value).items() if k not in PROTECTED}

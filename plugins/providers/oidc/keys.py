@@ -4,7 +4,7 @@ A key is published in JWKS from the moment it is stored, signs from ``signs_from
 key is stored ahead of use, so relying parties that cache JWKS see it before any token signed
 with it), and leaves JWKS at ``retire_at`` (when the last token it signed has expired).
 
-Private keys are AES-256-GCM-encrypted with a key derived (HKDF) from ``KEYSTAGE_SECRET_KEY``:
+Private keys are sealed (``keystage.engine.sealing``: AES-256-GCM, a key derived from ``KEYSTAGE_SECRET_KEY``):
 a database dump alone does not give them away. Parsing a PEM RSA key costs ~40 ms, so each
 process keeps the parsed key objects and only asks the database which keys exist (cheap) at
 most every ``REFRESH`` seconds.
@@ -16,16 +16,15 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc.jwk import ECKey, RSAKey
+
+from keystage.engine.sealing import SealedBox
 
 if TYPE_CHECKING:
     from keystage.engine.runtime import Keystage
@@ -45,10 +44,8 @@ class SigningKey:
     retire_at: float | None
 
 
-def _cipher(secret_key: str) -> AESGCM:
-    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=b"keystage oidc signing keys").derive(secret_key.encode())
-    return AESGCM(derived)
+def _box(secret_key: str) -> SealedBox:
+    return SealedBox(secret_key, info=b"keystage oidc signing keys", associated_data=b"oidc-signing-key")
 
 
 def generate(alg: str) -> tuple[bytes, dict[str, Any], Any]:
@@ -73,7 +70,7 @@ class KeyRing:
         self.keys: dict[str, SigningKey] = {}
         self.checked = 0.0
         self._lock = asyncio.Lock()
-        self._cipher = _cipher(keystage.settings.secret_key)
+        self._box = _box(keystage.settings.secret_key)
 
     async def refresh(self, force: bool = False, db: Any = None) -> None:
         """Re-read which keys exist (at most every REFRESH s). ``db``: a connection the caller holds, so
@@ -109,11 +106,10 @@ class KeyRing:
             self.checked = time.monotonic()
 
     def _decrypt(self, blob: bytes) -> bytes:
-        return self._cipher.decrypt(blob[:12], blob[12:], b"oidc-signing-key")
+        return self._box.open(blob)
 
     def encrypt(self, der: bytes) -> bytes:
-        nonce = os.urandom(12)
-        return nonce + self._cipher.encrypt(nonce, der, b"oidc-signing-key")
+        return self._box.seal(der)
 
     async def signing_key(self, alg: str, db: Any = None) -> SigningKey:
         """The newest key of ``alg`` whose signing time has come; one is created if there is none."""
