@@ -60,6 +60,7 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "keystage.stages.authenticator_webauthn",
     "keystage.stages.consent",
     "keystage.plugins.providers.oidc",
+    "keystage.plugins.providers.saml",
 )
 
 

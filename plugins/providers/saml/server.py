@@ -1,0 +1,105 @@
+"""pysaml2's IdP ``Server`` for one provider: built from its configuration, cached per process
+while the configuration and keys are unchanged.
+
+Each provider is its own IdP entity (entity id = its metadata URL), so that an SP only ever sees
+the endpoints and the certificate meant for it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from typing import TYPE_CHECKING, Any
+
+from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
+from saml2 import saml
+from saml2.attribute_converter import AttributeConverter
+from saml2.config import IdPConfig
+from saml2.s_utils import do_ava, factory
+from saml2.saml import NAME_FORMAT_BASIC, NAME_FORMAT_UNSPECIFIED, NAME_FORMAT_URI
+from saml2.server import Server
+
+from . import metadata
+from .config import DIGEST_ALGORITHMS, NAME_ID_FORMATS, SIGNATURE_ALGORITHMS
+
+if TYPE_CHECKING:
+    from .config import SAMLConfig
+    from .keys import ProviderKeys
+
+NAME_FORMATS = {"basic": NAME_FORMAT_BASIC, "uri": NAME_FORMAT_URI, "unspecified": NAME_FORMAT_UNSPECIFIED}
+_build_lock = threading.Lock()
+
+
+class SigningUnavailable(RuntimeError):
+    """xmlsec1, which pysaml2 signs with, is not installed."""
+
+
+class Verbatim(AttributeConverter):
+    """Attributes under exactly the names the admin gave (pysaml2's own converters rename
+    ``email`` to ``urn:mace:dir:attribute-def:email`` or lower-case names)."""
+
+    def to_(self, attrvals: dict[str, Any]) -> list[Any]:
+        return [factory(saml.Attribute, name=name, name_format=self.name_format, attribute_value=do_ava(values))
+                for name, values in attrvals.items()]
+
+
+def xmlsec_binary() -> str:
+    found = shutil.which("xmlsec1")
+    if found is None:
+        raise SigningUnavailable("xmlsec1 is not installed (Debian: apt-get install xmlsec1)")
+    return found
+
+
+def urls(base: str, slug: str) -> dict[str, str]:
+    root = f"{base}/saml/{slug}"
+    return {"entity_id": f"{root}/metadata", "sso": f"{root}/sso", "slo": f"{root}/slo"}
+
+
+def idp_config(config: SAMLConfig, keys: ProviderKeys, base: str, slug: str, name: str) -> IdPConfig:
+    where = urls(base, slug)
+    conf = {
+        "entityid": where["entity_id"],
+        "xmlsec_binary": xmlsec_binary(),
+        "key_file": keys.key_file,
+        "cert_file": keys.cert_file,
+        "metadata": {"inline": [metadata.sp_metadata_xml(config)]},
+        "accepted_time_diff": config.clock_skew,
+        "signing_algorithm": SIGNATURE_ALGORITHMS[config.signature_algorithm],
+        "digest_algorithm": DIGEST_ALGORITHMS[config.digest_algorithm],
+        "delete_tmpfiles": True,
+        "service": {"idp": {
+            "name": name,
+            "endpoints": {
+                "single_sign_on_service": [(where["sso"], BINDING_HTTP_REDIRECT), (where["sso"], BINDING_HTTP_POST)],
+                "single_logout_service": [(where["slo"], BINDING_HTTP_REDIRECT), (where["slo"], BINDING_HTTP_POST)],
+            },
+            "want_authn_requests_signed": config.want_authn_requests_signed,
+            "name_id_format": [NAME_ID_FORMATS[config.name_id_format]],
+            "sign_response": config.sign_response,
+            "sign_assertion": config.sign_assertion,
+            "policy": {"default": {
+                "lifetime": {"seconds": config.assertion_lifetime},
+                "attribute_restrictions": None,
+                "name_form": NAME_FORMATS[config.attribute_name_format],
+            }},
+        }},
+    }
+    built = IdPConfig()
+    built.load(conf)
+    built.attribute_converters = [Verbatim(NAME_FORMATS[config.attribute_name_format])]
+    return built
+
+
+def server_for(state: dict[str, Any], provider_id: int, config: SAMLConfig, keys: ProviderKeys, base: str,
+               slug: str, name: str) -> Server:
+    """The cached Server of a provider, rebuilt when anything it was built from changed."""
+    version = json.dumps([config.model_dump(mode="json"), keys.cert_file, base, slug, name], sort_keys=True)
+    servers: dict[int, tuple[str, Server]] = state.setdefault("saml_servers", {})
+    cached = servers.get(provider_id)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    with _build_lock:
+        server = Server(config=idp_config(config, keys, base, slug, name))
+    servers[provider_id] = (version, server)
+    return server
