@@ -31,7 +31,9 @@ uses ``keystage_app`` (or ``keystage_client`` / ``flow``), else the ``keystage``
 
 Helpers: ``registered_plugin(kernel_or_app, plugin, name)`` (a context manager, ``with`` or
 ``async with``), ``make_flow(kernel, slug, [(stage_type, config), ...])``, ``FlowDriver``,
-``apply_blueprint_to(kernel_or_app, *sources)``, ``base_settings``, ``skip_or_fail``.
+``apply_blueprint_to(kernel_or_app, *sources)``, ``base_settings``, ``skip_or_fail``,
+``sign_in(browser, next_path, username, password)`` and ``walk(browser, url, ...)`` (an httpx
+client on the app, following redirects like a browser, signing in and consenting on the way).
 """
 
 from __future__ import annotations
@@ -61,11 +63,14 @@ __all__ = [
     "FlowDriver",
     "apply_blueprint_to",
     "base_settings",
+    "form_value",
     "kernel_of",
     "make_flow",
     "registered_plugin",
     "require_all",
+    "sign_in",
     "skip_or_fail",
+    "walk",
     "with_database",
 ]
 
@@ -529,3 +534,62 @@ async def opened_kernel(settings: Settings, **kwargs: Any) -> AsyncIterator[Keys
     finally:
         await kernel.close()
 
+
+
+async def sign_in(browser: Any, next_path: str, username: str, password: str,
+                  flow_slug: str = "default-authentication-flow") -> str:
+    """Sign in through the JSON face of the (default) authentication flow with an httpx client;
+    returns where the flow sends the user next."""
+    url = f"/api/v1/flows/{flow_slug}/executor"
+    challenge = (await browser.get(url, params={"next": next_path, "restart": "1"})).json()
+    answers = {"identification": {"uid_field": username}, "password": {"password": password},
+               "user_login": {"remember_me": False}}
+    while challenge["component"] != "redirect":
+        assert challenge["component"] in answers, challenge
+        challenge = (await browser.post(url, json={"component": challenge["component"],
+                                                   **answers[challenge["component"]]})).json()
+    return str(challenge["to"])
+
+
+def form_value(html: str, name: str) -> str:
+    """The value of the first ``<input name="...">`` in a page (attributes in keystage's order)."""
+    import html as html_module
+
+    marker = f'name="{name}" value="'
+    start = html.index(marker) + len(marker)
+    return html_module.unescape(html[start:html.index('"', start)])
+
+
+async def walk(browser: Any, url: str, *, username: str, password: str, consent: bool = True,
+               max_steps: int = 20) -> Any:
+    """Follow ``url`` like a browser: redirects, the authentication flow (signing in as
+    ``username``) and consent pages (granting, or denying with ``consent=False``).
+
+    Returns an ``httpx.URL`` when keystage sends the user to another site, or the
+    ``httpx.Response`` of the first page that is neither (for the caller to look at).
+    """
+    import httpx
+
+    own = browser.base_url.netloc.decode()
+    for _ in range(max_steps):
+        parts = urlsplit(url)
+        if parts.netloc and parts.netloc != own:
+            return httpx.URL(url)
+        if parts.path.startswith("/flows/default-authentication-flow/"):
+            from urllib.parse import parse_qs
+
+            url = await sign_in(browser, parse_qs(parts.query)["next"][0], username, password)
+            continue
+        response = await browser.get(url)
+        if response.status_code in (302, 303):
+            url = response.headers["location"]
+            continue
+        if response.status_code == 200 and 'name="consent"' in response.text:
+            form = {"csrf_token": form_value(response.text, "csrf_token"), "component": "consent",
+                    "consent": "granted" if consent else "denied"}
+            response = await browser.post(url, data=form)
+            assert response.status_code in (302, 303), response.text
+            url = response.headers["location"]
+            continue
+        return response
+    raise AssertionError("too many redirects")

@@ -78,7 +78,7 @@ async def evaluate(source: str, *, context: Mapping[str, Any], timeout: float = 
     ``context`` (plan data), ``application``, and ``users`` (users ``user_by`` may return,
     keyed ``"username:<lowercase>"`` / ``"email:<lowercase>"``). ``user_loader`` fetches
     the others on demand. ``kind="policy"`` must return a bool, ``"mapping"`` a dict of JSON
-    data. Raises one ``ExpressionError`` with ``kind`` and ``line``.
+    data, ``"value"`` any JSON data (None included: "nothing"). Raises one ``ExpressionError`` with ``kind`` and ``line``.
     """
     pool = sandbox or _default_sandbox()
     return await pool.evaluate(source, context=context, timeout=timeout, kind=kind, helpers=helpers,

@@ -36,7 +36,7 @@ from .process import WorkerFailure, WorkerProcess, wait_quietly
 
 log = logging.getLogger("keystage.sandbox")
 
-Kind = Literal["policy", "mapping"]
+Kind = Literal["policy", "mapping", "value"]
 UserLoader = Callable[[list[tuple[str, str]]], Awaitable[Mapping[str, Any]]]
 
 DEFAULT_TIMEOUT = 1.0
@@ -351,8 +351,8 @@ class Sandbox:
     def _check(self, timeout: float, kind: str) -> None:
         if not 0 < timeout <= self.max_timeout:
             raise ValueError(f"timeout must be above 0 and at most {self.max_timeout:g} s, not {timeout!r}")
-        if kind not in ("policy", "mapping"):
-            raise ValueError(f"kind must be 'policy' or 'mapping', not {kind!r}")
+        if kind not in ("policy", "mapping", "value"):
+            raise ValueError(f"kind must be 'policy', 'mapping' or 'value', not {kind!r}")
 
     async def evaluate(self, source: str, *, context: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT,
                        kind: Kind = "policy", helpers: Mapping[str, Any] | None = None,
@@ -494,8 +494,8 @@ def _outcome(item: list[Any], kind: str, limits: Mapping[str, int]) -> Evaluatio
             value = item[1]
             if kind == "policy" and not isinstance(value, bool):
                 raise ValueError("a policy result that is not a bool")
-            if kind == "mapping":
-                if not isinstance(value, dict):
+            if kind in ("mapping", "value"):
+                if kind == "mapping" and not isinstance(value, dict):
                     raise ValueError("a mapping result that is not a dict")
                 value = _plain(value)
                 if len(json.dumps(value)) > limits["max_output"] * 2:

@@ -252,14 +252,15 @@ def result_item(value: Any, kind: str, state: Any) -> list[Any]:
             return ["v", value, state.log_lines, state.messages]
         got = "nothing (no return statement)" if value is None else f"{type(value).__name__} {short_repr(value)}"
         return error_item("result_type", None, f"returned {got}; a policy must return True or False", state)
-    if type(value) not in (dict, MappingProxyType):
+    if kind == "mapping" and type(value) not in (dict, MappingProxyType):
         got = "nothing (no return statement)" if value is None else f"{type(value).__name__} {short_repr(value)}"
         return error_item("result_type", None, f"returned {got}; a mapping must return a dict", state)
     try:
         data = to_json(value, 0, "")
         size = len(json.dumps(data, ensure_ascii=False, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        return error_item("result_type", None, f"returned a dict that is not JSON data: {exc}", state)
+        what = "a dict" if kind == "mapping" else "a value"
+        return error_item("result_type", None, f"returned {what} that is not JSON data: {exc}", state)
     cap = guards.LIMITS["max_output"]
     if size > cap:
         return error_item("result_type", None, f"returned {size} bytes of JSON; at most {cap} are allowed", state)

@@ -54,7 +54,7 @@ async def user_attributes(keystage: Keystage, user: User, config: SAMLConfig, pr
         attributes["groups"] = sorted(await group_names(keystage, user))
     for name, source in config.attribute_mappings.items():
         value = await mappings.evaluate_mapping(keystage, source, user, request,
-                                                label={"provider": provider_name, "attribute": name})
+                                                label={"provider": provider_name, "attribute": name}, kind="value")
         if value is mappings.FAILED:
             attributes.pop(name, None)  # never a default that the admin meant to replace
             continue

@@ -30,6 +30,7 @@ from .messages import Refused
 from .server import SigningUnavailable
 
 log = logging.getLogger("keystage.saml")
+ALGSUPPORT = "urn:oasis:names:tc:SAML:metadata:algsupport"
 saml_routes = Blueprint("keystage_saml", __name__)
 SLO_STATE_TTL = 600
 
@@ -92,6 +93,15 @@ async def metadata(slug: str) -> Any:
 
 def _signed_metadata(sp: service_providers.ServiceProvider) -> str:
     descriptor = entity_descriptor(sp.server.config)
+    # pysaml2 advertises every algorithm xmlsec1 knows (MD5 and SHA-1 among them): say only what
+    # this provider signs with and accepts.
+    accepted = sp.config.accepted_signature_algorithms() | {DIGEST_ALGORITHMS[sp.config.digest_algorithm]}
+    if sp.config.allow_sha1:
+        accepted.add(DIGEST_ALGORITHMS["sha1"])
+    if descriptor.extensions is not None:
+        descriptor.extensions.extension_elements = [
+            e for e in descriptor.extensions.extension_elements
+            if e.namespace != ALGSUPPORT or e.attributes.get("Algorithm") in accepted]
     _, xml = sign_entity_descriptor(descriptor, None, sp.server.sec,
                                     sign_alg=SIGNATURE_ALGORITHMS[sp.config.signature_algorithm],
                                     digest_alg=DIGEST_ALGORITHMS[sp.config.digest_algorithm])

@@ -102,6 +102,10 @@ def make_response(server: Server, config: SAMLConfig, request: AuthnRequest, sub
             attributes, request.id, request.acs_url, config.sp_entity_id, name_id=subject, authn=authn,
             sign_response=config.sign_response, sign_assertion=config.sign_assertion,
             encrypt_assertion=config.encrypt_assertions,
+            # Not "self-contained": that renames the assertion's prefixes, and an SP decrypting it
+            # in place (xmlsec, python3-saml) reconciles them back to the Response's, which changes
+            # the exclusive-c14n form and breaks the assertion's signature.
+            encrypt_assertion_self_contained=False,
             encrypt_cert_assertion=config.encryption_certificate if config.encrypt_assertions else None,
             sign_alg=SIGNATURE_ALGORITHMS[config.signature_algorithm],
             digest_alg=server.config.digest_algorithm,
