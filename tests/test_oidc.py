@@ -18,7 +18,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
 from keystage.engine.blueprints import apply_defaults
-from keystage.engine.testing import apply_blueprint_to, kernel_of
+from keystage.engine.testing import apply_blueprint_to, form_value, kernel_of, sign_in, walk
 
 BASE = "http://127.0.0.1:9000"
 SECRET = "s3cr3t-" + "x" * 40
@@ -78,47 +78,19 @@ async def oidc(keystage_app: Any, user_factory: Any) -> Any:
 
 async def login(browser: httpx.AsyncClient, next_path: str, username: str = "alice") -> str:
     """Sign in through the JSON flow face; returns where the flow sends the user."""
-    url = "/api/v1/flows/default-authentication-flow/executor"
-    challenge = (await browser.get(url, params={"next": next_path, "restart": "1"})).json()
-    answers = {"identification": {"uid_field": username}, "password": {"password": PASSWORD},
-               "user_login": {"remember_me": False}}
-    while challenge["component"] != "redirect":
-        assert challenge["component"] in answers, challenge
-        challenge = (await browser.post(url, json={"component": challenge["component"],
-                                                   **answers[challenge["component"]]})).json()
-    return challenge["to"]
+    return await sign_in(browser, next_path, username, PASSWORD)
 
 
 async def follow(browser: httpx.AsyncClient, url: str, *, consent: bool = True) -> httpx.URL:
     """Follow redirects like a browser until keystage sends the user to another site; sign in and consent on the way."""
-    for _ in range(20):
-        parts = urlsplit(url)
-        if parts.netloc and parts.netloc != "127.0.0.1:9000":
-            return httpx.URL(url)
-        response = await browser.get(url)
-        if response.status_code in (302, 303):
-            location = response.headers["location"]
-            if location.startswith("/flows/default-authentication-flow/"):
-                next_path = parse_qs(urlsplit(location).query)["next"][0]
-                url = await login(browser, next_path)
-                continue
-            url = location
-            continue
-        if response.status_code == 200 and 'name="consent"' in response.text:
-            form = {"csrf_token": _csrf(response.text), "component": "consent",
-                    "consent": "granted" if consent else "denied"}
-            response = await browser.post(url, data=form)
-            assert response.status_code in (302, 303), response.text
-            url = response.headers["location"]
-            continue
-        raise AssertionError(f"{url}: {response.status_code} {response.text[:500]}")
-    raise AssertionError("too many redirects")
+    landed = await walk(browser, url, username="alice", password=PASSWORD, consent=consent)
+    if isinstance(landed, httpx.Response):
+        raise AssertionError(f"{landed.url}: {landed.status_code} {landed.text[:500]}")
+    return landed
 
 
 def _csrf(html: str) -> str:
-    marker = 'name="csrf_token" value="'
-    start = html.index(marker) + len(marker)
-    return html[start:html.index('"', start)]
+    return form_value(html, "csrf_token")
 
 
 def kid_of(token: str) -> str:

@@ -242,6 +242,7 @@ async def test_email_name_id_signed_both_and_encrypted_from_imported_metadata(sa
     assert action == "https://saas.example.com/saml/acs"
     xml = base64.b64decode(fields["SAMLResponse"]).decode()
     assert "EncryptedAssertion" in xml and "alice@example.org" not in xml
+    assert "xmlenc11#aes256-gcm" in xml and "tripledes" not in xml
     auth = sp.accept(fields, request_id)
     assert auth.get_errors() == [], auth.get_last_error_reason()
     assert auth.get_nameid() == "alice@example.org" and auth.get_nameid_format() == C.NAMEID_EMAIL_ADDRESS
@@ -573,3 +574,28 @@ async def test_keys_are_sealed_at_rest(saml: Any) -> None:
     for row in rows:
         blob = b"".join(bytes(v) for v in row.values() if isinstance(v, (bytes, bytearray, memoryview)))
         assert b"PRIVATE KEY" not in blob and b"\x30\x82" not in blob[:4]
+
+
+async def test_documented_saas_example(saml: Any) -> None:
+    """docs/admin/saml.md's SaaS blueprint applies, and the SP it describes gets an email NameID,
+    a signed assertion and the attributes the doc names."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "admin" / "saml.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Example: a SaaS app"):]
+    start = section.index("```yaml") + len("```yaml")
+    await apply_blueprint_to(saml["kernel"], section[start:section.index("```", start)])
+    browser = saml["browser"]
+    sp = OneLoginSP((await browser.get("/saml/acme-docs/metadata")).text, sign_requests=False,
+                    entity_id="https://acme-docs.example.com/saml/metadata",
+                    acs="https://acme-docs.example.com/saml/acs", name_id_format=C.NAMEID_EMAIL_ADDRESS)
+    url, request_id = sp.login_url()
+    action, fields = await to_sp(browser, url)
+    auth = sp.accept(fields, request_id)
+    assert auth.get_errors() == [], auth.get_last_error_reason()
+    assert auth.get_nameid() == "alice@example.org"
+    assert auth.get_attributes() == {"email": ["alice@example.org"], "firstName": ["Alice"], "role": ["member"]}
+    await sign_in(browser, "/", "alice", PASSWORD)
+    _, fields = await to_sp(browser, "/saml/acme-docs/sso/init")
+    assert fields["RelayState"] == "https://acme-docs.example.com/"
+    assert sp.accept(fields, None).is_authenticated()

@@ -37,6 +37,15 @@ NAME_ID_FORMATS = {
     "transient": "urn:oasis:names:tc:SAML:2.0:nameid-format:transient",
     "unspecified": "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified",
 }
+# XML Encryption of assertions: (EncryptionMethod, xmlsec1 session key). GCM by default: CBC in
+# XML Encryption is open to padding-oracle attacks (Jager and Somorovsky, 2011) where an SP answers
+# decryption failures differently; CBC only for SPs that cannot do GCM.
+ENCRYPTION_ALGORITHMS = {
+    "aes256-gcm": ("http://www.w3.org/2009/xmlenc11#aes256-gcm", "aes-256"),
+    "aes128-gcm": ("http://www.w3.org/2009/xmlenc11#aes128-gcm", "aes-128"),
+    "aes256-cbc": ("http://www.w3.org/2001/04/xmlenc#aes256-cbc", "aes-256"),
+    "aes128-cbc": ("http://www.w3.org/2001/04/xmlenc#aes128-cbc", "aes-128"),
+}
 METADATA_FETCH_TIMEOUT = 10.0
 METADATA_MAX_BYTES = 1024 * 1024
 
@@ -68,6 +77,7 @@ class SAMLConfig(ProviderConfig):
     # SHA-1 is broken for signatures: used (and accepted on requests) only when an admin says so here.
     allow_sha1: bool = False
     encrypt_assertions: bool = False
+    encryption_algorithm: Literal["aes256-gcm", "aes128-gcm", "aes256-cbc", "aes128-cbc"] = "aes256-gcm"
     want_authn_requests_signed: bool = False
     # Send the default attributes (username, name, email, groups) besides the mappings.
     default_attributes: bool = True

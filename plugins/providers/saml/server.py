@@ -19,9 +19,10 @@ from saml2.config import IdPConfig
 from saml2.s_utils import do_ava, factory
 from saml2.saml import NAME_FORMAT_BASIC, NAME_FORMAT_UNSPECIFIED, NAME_FORMAT_URI
 from saml2.server import Server
+from saml2.sigver import get_pem_wrapped_unwrapped, make_temp, pre_encryption_part
 
 from . import metadata
-from .config import DIGEST_ALGORITHMS, NAME_ID_FORMATS, SIGNATURE_ALGORITHMS
+from .config import DIGEST_ALGORITHMS, ENCRYPTION_ALGORITHMS, NAME_ID_FORMATS, SIGNATURE_ALGORITHMS
 
 if TYPE_CHECKING:
     from .config import SAMLConfig
@@ -42,6 +43,24 @@ class Verbatim(AttributeConverter):
     def to_(self, attrvals: dict[str, Any]) -> list[Any]:
         return [factory(saml.Attribute, name=name, name_format=self.name_format, attribute_value=do_ava(values))
                 for name, values in attrvals.items()]
+
+
+class IdPServer(Server):
+    """pysaml2's Server, encrypting assertions with the provider's algorithm: pysaml2's own choice
+    is Triple DES, which no new deployment should use."""
+
+    encryption: tuple[str, str] = ENCRYPTION_ALGORITHMS["aes256-gcm"]
+
+    def _encrypt_assertion(self, encrypt_cert: str | None, sp_entity_id: str, response: Any,
+                           node_xpath: str | None = None) -> Any:
+        if not encrypt_cert:
+            raise ValueError("no encryption certificate for the SP")
+        wrapped, unwrapped = get_pem_wrapped_unwrapped(encrypt_cert)
+        cert_file = make_temp(wrapped.encode("ascii"), decode=False, delete_tmpfiles=self.config.delete_tmpfiles)
+        method, session_key = self.encryption
+        template = pre_encryption_part(encrypt_cert=unwrapped, msg_enc=method)
+        return self.sec.encrypt_assertion(response, cert_file.name, template, key_type=session_key,
+                                          node_xpath=node_xpath)
 
 
 def xmlsec_binary() -> str:
@@ -100,6 +119,7 @@ def server_for(state: dict[str, Any], provider_id: int, config: SAMLConfig, keys
     if cached is not None and cached[0] == version:
         return cached[1]
     with _build_lock:
-        server = Server(config=idp_config(config, keys, base, slug, name))
+        server = IdPServer(config=idp_config(config, keys, base, slug, name))
+        server.encryption = ENCRYPTION_ALGORITHMS[config.encryption_algorithm]
     servers[provider_id] = (version, server)
     return server
