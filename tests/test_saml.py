@@ -599,3 +599,21 @@ async def test_documented_saas_example(saml: Any) -> None:
     _, fields = await to_sp(browser, "/saml/acme-docs/sso/init")
     assert fields["RelayState"] == "https://acme-docs.example.com/"
     assert sp.accept(fields, None).is_authenticated()
+
+
+async def test_signing_in_process_and_the_xmlsec1_fallback(saml: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saml2.sigver import CryptoBackendXmlSec1
+
+    from keystage.plugins.providers.saml import server, service_providers
+
+    sp = await service_providers.find(saml["kernel"], "wiki")
+    assert sp is not None and isinstance(sp.server.sec.crypto, server.InProcessSigning)
+    # Without python-xmlsec, pysaml2 signs with the xmlsec1 program: the SP accepts either.
+    monkeypatch.setattr(server, "in_process_signing_available", lambda: False)
+    saml["kernel"].state.pop("saml_servers", None)
+    url, request_id = saml["sp"].login_url()
+    _, fields = await to_sp(saml["browser"], url)
+    auth = saml["sp"].accept(fields, request_id)
+    assert auth.get_errors() == [] and auth.is_authenticated()
+    sp = await service_providers.find(saml["kernel"], "wiki")
+    assert sp is not None and type(sp.server.sec.crypto) is CryptoBackendXmlSec1

@@ -19,7 +19,8 @@ from saml2.config import IdPConfig
 from saml2.s_utils import do_ava, factory
 from saml2.saml import NAME_FORMAT_BASIC, NAME_FORMAT_UNSPECIFIED, NAME_FORMAT_URI
 from saml2.server import Server
-from saml2.sigver import get_pem_wrapped_unwrapped, make_temp, pre_encryption_part
+from saml2.sigver import CryptoBackendXmlSec1, SignatureError, get_pem_wrapped_unwrapped, make_temp, \
+    pre_encryption_part
 
 from . import metadata
 from .config import DIGEST_ALGORITHMS, ENCRYPTION_ALGORITHMS, NAME_ID_FORMATS, SIGNATURE_ALGORITHMS
@@ -61,6 +62,68 @@ class IdPServer(Server):
         template = pre_encryption_part(encrypt_cert=unwrapped, msg_enc=method)
         return self.sec.encrypt_assertion(response, cert_file.name, template, key_type=session_key,
                                           node_xpath=node_xpath)
+
+
+DSIG = "{http://www.w3.org/2000/09/xmldsig#}Signature"
+
+
+class InProcessSigning(CryptoBackendXmlSec1):
+    """pysaml2's xmlsec1 backend, signing in-process through libxmlsec1 (python-xmlsec) instead of
+    starting an ``xmlsec1`` process per signature: the same library and the same signature, without
+    the ~70 ms of a process start and temporary files (bench/saml.py). Verifying, encrypting and
+    decrypting still run ``xmlsec1`` as pysaml2 does."""
+
+    def __init__(self, xmlsec_binary: str, **kwargs: Any) -> None:
+        super().__init__(xmlsec_binary, **kwargs)
+        self._keys: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _key(self, key_file: str) -> Any:
+        import xmlsec
+
+        with self._lock:
+            key = self._keys.get(key_file)
+            if key is None:
+                key = self._keys[key_file] = xmlsec.Key.from_file(key_file, xmlsec.KeyFormat.PEM)
+        return key
+
+    def sign_statement(self, statement: Any, node_name: str, key_file: str, node_id: str | None) -> str:
+        import xmlsec
+        from lxml import etree
+
+        text = str(statement).encode("utf-8") if not isinstance(statement, bytes) else statement
+        # Our own document (pysaml2 just wrote it), parsed without network access or entities.
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=False)
+        root = etree.fromstring(text, parser)
+        xmlsec.tree.add_ids(root, ["ID"])
+        if node_id:
+            owners = [e for e in root.iter() if e.get("ID") == node_id]
+            if len(owners) != 1:
+                raise SignatureError(f"no single element with ID {node_id!r} to sign")
+            templates = [child for child in owners[0] if child.tag == DSIG]
+        else:
+            templates = list(root.iter(DSIG))
+        if not templates:
+            raise SignatureError("no signature template to fill")
+        context = xmlsec.SignatureContext()
+        context.key = self._key(key_file)
+        try:
+            context.sign(templates[0])
+        except xmlsec.Error as exc:
+            raise SignatureError(f"libxmlsec1 could not sign: {exc}") from None
+        return '<?xml version="1.0"?>\n' + etree.tostring(root, encoding="unicode")
+
+
+def in_process_signing_available() -> bool:
+    """python-xmlsec imports and agrees with lxml on libxml2 (it refuses to run otherwise)."""
+    import importlib
+
+    try:
+        importlib.import_module("lxml.etree")
+        importlib.import_module("xmlsec")
+    except Exception:  # ImportError, or xmlsec's libxml2 version mismatch error
+        return False
+    return True
 
 
 def xmlsec_binary() -> str:
@@ -121,5 +184,8 @@ def server_for(state: dict[str, Any], provider_id: int, config: SAMLConfig, keys
     with _build_lock:
         server = IdPServer(config=idp_config(config, keys, base, slug, name))
         server.encryption = ENCRYPTION_ALGORITHMS[config.encryption_algorithm]
+        if in_process_signing_available():
+            server.sec.crypto = InProcessSigning(server.config.xmlsec_binary,
+                                                 delete_tmpfiles=server.config.delete_tmpfiles)
     servers[provider_id] = (version, server)
     return server
