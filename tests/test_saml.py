@@ -617,3 +617,40 @@ async def test_signing_in_process_and_the_xmlsec1_fallback(saml: Any, monkeypatc
     assert auth.get_errors() == [] and auth.is_authenticated()
     sp = await service_providers.find(saml["kernel"], "wiki")
     assert sp is not None and type(sp.server.sec.crypto) is CryptoBackendXmlSec1
+
+
+async def test_response_signed_instead_of_the_assertion(saml: Any) -> None:
+    await apply_blueprint_to(saml["kernel"], WIKI.replace('"want_authn_requests_signed"',
+                                                          '"signed": "response", "want_authn_requests_signed"'))
+    sp = OneLoginSP(saml["metadata"], key_pem=SP_KEYS, want_messages_signed=True)
+    sp.settings.get_security_data()["wantAssertionsSigned"] = False
+    url, request_id = sp.login_url()
+    _, fields = await to_sp(saml["browser"], url)
+    xml = base64.b64decode(fields["SAMLResponse"]).decode()
+    root = etree.fromstring(xml.encode())
+    ds = "{http://www.w3.org/2000/09/xmldsig#}Signature"
+    assertion = root.find("{urn:oasis:names:tc:SAML:2.0:assertion}Assertion")
+    assert root.find(ds) is not None and assertion is not None and assertion.find(ds) is None
+    auth = sp.accept(fields, request_id)
+    assert auth.get_errors() == [], auth.get_last_error_reason()
+
+
+async def test_explicit_consent_asks_and_a_refusal_is_request_denied(saml: Any) -> None:
+    await apply_blueprint_to(saml["kernel"], WIKI.replace(
+        '"want_authn_requests_signed"',
+        '"authorization_flow": "default-provider-authorization-explicit-consent", "want_authn_requests_signed"'))
+    sp, browser = saml["sp"], saml["browser"]
+    url, request_id = sp.login_url()
+    page = await walk(browser, url, username="alice", password=PASSWORD, consent=False)
+    auth = sp.accept(post_form(page.text)[1], request_id)
+    assert not auth.is_authenticated()
+    assert 'StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:RequestDenied"' in auth.get_last_response_xml()
+    # Granted once, it is remembered: the next sign-in goes straight back to the SP.
+    url, request_id = sp.login_url()
+    _, fields = await to_sp(browser, url)
+    assert sp.accept(fields, request_id).is_authenticated()
+    url, request_id = sp.login_url()
+    response = await browser.get(url)
+    landed = await walk(browser, response.headers["location"], username="alice", password=PASSWORD,
+                        consent=False)
+    assert sp.accept(post_form(landed.text)[1], request_id).is_authenticated()
