@@ -654,3 +654,13 @@ async def test_explicit_consent_asks_and_a_refusal_is_request_denied(saml: Any) 
     landed = await walk(browser, response.headers["location"], username="alice", password=PASSWORD,
                         consent=False)
     assert sp.accept(post_form(landed.text)[1], request_id).is_authenticated()
+
+
+async def test_repeated_parameters_and_oversized_relay_state_are_refused(saml: Any) -> None:
+    sp, browser = saml["sp"], saml["browser"]
+    url, _ = sp.login_url()
+    assert refused(await browser.get(url + "&SAMLRequest=x"))
+    url, _ = sp.login_url(relay_state="r" * 3000)
+    assert refused(await browser.get(url))
+    assert refused(await browser.get("/saml/wiki/sso/init?" + urlencode({"RelayState": "r" * 3000})))
+    assert refused(await browser.get("/saml/wiki/slo?" + urlencode({"SAMLRequest": "x", "RelayState": "r" * 3000})))

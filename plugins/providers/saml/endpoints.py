@@ -33,6 +33,16 @@ log = logging.getLogger("keystage.saml")
 ALGSUPPORT = "urn:oasis:names:tc:SAML:metadata:algsupport"
 saml_routes = Blueprint("keystage_saml", __name__)
 SLO_STATE_TTL = 600
+# The bindings allow 80 bytes; SPs send page URLs. It travels in the session and back in a form.
+MAX_RELAY_STATE = 2048
+
+
+def _params_problem(params: Any) -> str | None:
+    if any(len(values) > 1 for values in params.listvalues()):
+        return "a parameter given twice"
+    if len(params.get("RelayState") or "") > MAX_RELAY_STATE:
+        return f"RelayState longer than {MAX_RELAY_STATE} characters"
+    return None
 
 
 async def _page(template: str, status: int = 200, **context: Any) -> Response:
@@ -117,8 +127,9 @@ async def single_sign_on(slug: str) -> Any:
     if isinstance(sp, Response):
         return sp
     params = (await request.form) if request.method == "POST" else request.args
-    if any(len(values) > 1 for values in params.listvalues()) or not params.get("SAMLRequest"):
-        return await _invalid("no SAMLRequest, or a parameter given twice", slug)
+    problem = _params_problem(params) or (None if params.get("SAMLRequest") else "no SAMLRequest")
+    if problem:
+        return await _invalid(problem, slug)
     try:
         authn = await sso.parse_authn_request(
             sp, web_context.keystage().kv, binding="post" if request.method == "POST" else "redirect",
@@ -136,6 +147,9 @@ async def idp_initiated(slug: str) -> Any:
         return sp
     if not sp.config.idp_initiated:
         return await _invalid("IdP-initiated sign-in is turned off for this provider", slug)
+    problem = _params_problem(request.args)
+    if problem:
+        return await _invalid(problem, slug)
     relay_state = request.args.get("RelayState", sp.config.default_relay_state)
     return await _start(sp, sso.AuthnRequest(id=None, acs_url=sp.config.acs_urls[0], relay_state=relay_state))
 
@@ -294,8 +308,9 @@ async def single_logout(slug: str) -> Any:
     if isinstance(sp, Response):
         return sp
     params = (await request.form) if request.method == "POST" else request.args
-    if any(len(values) > 1 for values in params.listvalues()):
-        return await _invalid("a parameter given twice", slug)
+    problem = _params_problem(params)
+    if problem:
+        return await _invalid(problem, slug)
     if params.get("SAMLResponse") and not params.get("SAMLRequest"):
         return redirect("/", 302)  # an answer to a logout we did not start: nothing to do
     if not params.get("SAMLRequest"):
