@@ -121,7 +121,7 @@ def run_once(data_dir: Path, workers: int, settle: float) -> dict[str, Any]:
         time.sleep(settle)
         parent = psutil.Process(proc.pid)
         if workers == 1:
-            worker_procs = [parent]  # Hypercorn serves in the parent process itself
+            worker_procs = [parent]  # the HTTP server runs in the parent process itself
         else:
             worker_procs = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
             if len(worker_procs) != workers:

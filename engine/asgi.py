@@ -1,4 +1,4 @@
-"""Entry point for Hypercorn worker processes: ``keystage.engine.asgi:app``.
+"""The ASGI app of a worker process (``supervisor.worker``), or for any ASGI server: ``keystage.engine.asgi:app``.
 
 ``keystage serve`` resolves the settings in the parent and passes them to the workers
 through the environment (and the embedded database URL through an internal variable).

@@ -23,6 +23,7 @@ ENV_PREFIX = "KEYSTAGE_"
 # the parent process started. Not a user setting.
 EMBEDDED_URL_ENV = "_KEYSTAGE_EMBEDDED_DATABASE_URL"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SERVERS = ("uvicorn", "hypercorn")  # the HTTP servers ``keystage serve`` can run (http_server.py)
 SECRET_FIELDS = frozenset({"secret_key"})
 
 
@@ -35,6 +36,7 @@ class Settings:
     redis_url: str | None = None
     secret_key: str = ""
     listen: str = "127.0.0.1:9000"
+    server: str = "uvicorn"
     external_url: str = "http://127.0.0.1:9000"
     plugins: tuple[str, ...] = ()
     log_level: str = "INFO"
@@ -234,6 +236,11 @@ def _validate(name: str, label: str, value: Any) -> Any:
         if len(str(value)) < 32:
             raise ConfigError(label, "must be at least 32 characters long")
         return str(value)
+    if name == "server":
+        server = str(value).strip().lower()
+        if server not in SERVERS:
+            raise ConfigError(label, f"expected one of {', '.join(SERVERS)}, got {value!r}")
+        return server
     if name == "log_level":
         level = str(value).upper()
         if level not in LOG_LEVELS:

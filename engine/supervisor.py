@@ -1,4 +1,4 @@
-"""Run several Hypercorn worker processes and stop them gracefully on SIGINT/SIGTERM.
+"""Run several HTTP server worker processes and stop them gracefully on SIGINT/SIGTERM.
 
 Written instead of ``hypercorn.run.run`` because that one sets a multiprocessing Event
 inside its signal handler, and a second signal arriving meanwhile (an orchestrator's
@@ -15,18 +15,32 @@ import time
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from typing import Any
 
-from hypercorn.asyncio.run import asyncio_worker
-from hypercorn.config import Config
+from . import http_server
 
 log = logging.getLogger("keystage.supervisor")
 RESTARTS_PER_MINUTE = 5
 
 
-def run(config: Config) -> int:
+def worker(sockets: list[Any], shutdown_event: Event) -> None:
+    """One worker process: the app and settings from the environment the parent prepared (``asgi.py``),
+    served until the parent says stop."""
+    import asyncio
+
+    from .asgi import app, settings
+
+    async def stop() -> None:
+        while not shutdown_event.is_set():
+            await asyncio.sleep(0.1)
+
+    with http_server.runner() as runner:
+        runner.run(http_server.serve(settings.server, app, settings, sockets, stop))
+
+
+def run(sockets: list[Any], workers: int) -> int:
     ctx = get_context("spawn")
-    sockets = config.create_sockets()
     shutdown_event = ctx.Event()
     stopping = False
     restarts: list[float] = []
@@ -37,8 +51,7 @@ def run(config: Config) -> int:
 
     def start() -> BaseProcess:
         process = ctx.Process(
-            target=asyncio_worker,
-            kwargs={"config": config, "shutdown_event": shutdown_event, "sockets": sockets},
+            target=worker, kwargs={"shutdown_event": shutdown_event, "sockets": sockets},
         )
         process.start()
         return process
@@ -46,7 +59,7 @@ def run(config: Config) -> int:
     # Workers inherit "ignore SIGINT": a Ctrl-C reaches the whole process group, and the
     # parent alone decides how to stop.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    processes = [start() for _ in range(config.workers)]
+    processes = [start() for _ in range(workers)]
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     exit_code = 0
@@ -68,14 +81,12 @@ def run(config: Config) -> int:
                 processes[index] = start()
     finally:
         shutdown_event.set()
-        deadline = time.monotonic() + config.graceful_timeout + 5
+        deadline = time.monotonic() + http_server.GRACEFUL_SECONDS + 5
         for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
         for process in processes:
             if process.is_alive():
                 process.kill()
                 process.join()
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            sock.close()
         signal.signal(signal.SIGINT, previous)
     return exit_code

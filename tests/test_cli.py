@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -170,8 +171,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, cwd: Path, *args: str) -> Iterator[Server]:
-    server = Server(data_dir, cwd, *args)
+def serving(data_dir: Path, cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = Server(data_dir, cwd, *args, env=env)
     try:
         server.wait_ready()
         yield server
@@ -201,9 +202,11 @@ def test_serve_embedded_answers_ready_and_sigterm_stops_postgres(tmp_path: Path,
         assert_stopped_cleanly(server)
 
 
-def test_serve_two_workers_answers_and_stops_cleanly(tmp_path: Path, pg_data_dir: Path) -> None:
+@pytest.mark.parametrize("http_server", ["uvicorn", "hypercorn"])
+def test_serve_two_workers_answers_and_stops_cleanly(tmp_path: Path, pg_data_dir: Path, http_server: str) -> None:
     data_dir = pg_data_dir
-    with serving(data_dir, tmp_path, "--workers", "2") as server:
+    env = clean_env(data_dir, KEYSTAGE_SERVER=http_server)
+    with serving(data_dir, tmp_path, "--workers", "2", env=env) as server:
         parent = psutil.Process(server.proc.pid)
         workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
         assert len(workers) == 2, [c.cmdline() for c in parent.children()]
@@ -273,6 +276,7 @@ def test_bad_toml_file(tmp_path: Path) -> None:
         ("database_pool_size = 0\n", ("database_pool_size",)),
         ('database_url = "mysql://db/x"\n', ("database_url",)),
         ('log_level = "LOUD"\n', ("log_level",)),
+        ('server = "nginx"\n', ("server", "uvicorn, hypercorn")),
         ("no_such_setting = 1\n", ("no_such_setting", "unknown")),
     ],
 )
@@ -303,6 +307,20 @@ def test_unreachable_database_names_host_and_hides_password(tmp_path: Path) -> N
     assert len(lines) == 1, result.stderr
     assert "127.0.0.1:1" in lines[0]
     assert 1.5 <= elapsed < 15, f"the retry should last about the 2 s asked, took {elapsed:.1f} s"
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, keystage_database_url: str) -> None:
+    env = clean_env(tmp_path / "data", KEYSTAGE_DATABASE_URL=keystage_database_url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = keystage("serve", "--listen", f"127.0.0.1:{port}", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    refusal = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(refusal) == 1, result.stderr
+    assert f"127.0.0.1:{port}" in refusal[0] and "KEYSTAGE_LISTEN" in refusal[0] and "in use" in refusal[0]
 
 
 # -- config show, plugins list, secret key, users -----------------------------------------
