@@ -44,7 +44,9 @@ entries:
     identifiers: {{name: bench-spa}}
     attrs:
       type: oidc
+      # Opaque access tokens, as the peer's in this flow (it signs JWT access tokens only for a resource).
       config: {{client_id: bench-spa, client_type: public, redirect_uris: ["http://127.0.0.1:19099/cb"],
+               access_token_format: opaque,
                authorization_flow: default-provider-authorization-implicit-consent}}
   - model: application
     identifiers: {{slug: bench-spa}}

@@ -52,6 +52,7 @@ class Pending:
     login_hint: str | None
     ui_locales: list[str]
     issuer: str
+    client: tokens.Client | None = None  # as read for this check; not part of the record
 
     def as_record(self) -> dict[str, Any]:
         """What the session keeps while the user goes through flows (see keystage.engine.applications)."""
@@ -145,4 +146,4 @@ async def check_request(keystage: Keystage, params: dict[str, str], issuer: str,
         application_name=client.application_name or client.application_slug, redirect_uri=redirect_uri,
         scopes=scopes, state=state, nonce=params.get("nonce"), code_challenge=challenge, prompt=prompt,
         max_age=max_age, login_hint=params.get("login_hint"),
-        ui_locales=ui_locales, issuer=issuer)
+        ui_locales=ui_locales, issuer=issuer, client=client)

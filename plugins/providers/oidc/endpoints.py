@@ -147,20 +147,23 @@ async def authorize() -> Any:
     record = pending.as_record()
     # prompt=login: only a sign-in that happens from now on counts (session created_at moves at login).
     record["login_after"] = time.time() if "login" in pending.prompt else 0.0
-    applications.add_pending_authorization(g.session, request_id, record)
-    return await _continue(request_id, first=True)
+    return await _continue(request_id, record, client=pending.client)
 
 
 @oidc_routes.get("/oauth2/authorize/continue")
 async def authorize_continue() -> Any:
-    return await _continue(request.args.get("r", ""), first=False)
-
-
-async def _continue(request_id: str, *, first: bool) -> Any:
-    keystage = web_context.keystage()
+    request_id = request.args.get("r", "")
     record = applications.pending_authorizations(g.session).get(request_id)
     if record is None:
         return await _error_page()
+    return await _continue(request_id, record)
+
+
+async def _continue(request_id: str, record: dict[str, Any], *, client: tokens.Client | None = None) -> Any:
+    """Go on with an authorization request. The session keeps ``record`` only while a flow runs for it
+    (``_remember`` before sending the user to one): a request answered at once, the signed-in user's
+    usual case, leaves the session as it was and costs no session write."""
+    keystage = web_context.keystage()
     prompt = record["prompt"]
     user = await keystage.users.get(g.session.user_id) if g.session.user_id is not None else None
     if user is not None and not user.is_active:
@@ -177,19 +180,19 @@ async def _continue(request_id: str, *, first: bool) -> Any:
             return await _error_page(503)
         if user is not None:  # signed in, but too long ago (max_age) or prompt=login: sign in again
             record["login_after"] = max(record["login_after"], time.time() - 1)
-            _save(request_id, record)
+        _remember(request_id, record)
         query = {"next": continue_url, "restart": "1"}
         if record.get("login_hint"):
             query["login_hint"] = record["login_hint"]  # prefills the identification stage
         return redirect(f"/flows/{slug}/?{urlencode(query)}", 302)
-    client = await tokens.find_client(keystage, record["client_id"])
+    if client is None:
+        client = await tokens.find_client(keystage, record["client_id"])
     if client is None or client.application is None:
         return await _error_page()
     app = client.application
     access = await applications.check_access(keystage, app, user, web_context.request_info())
     if not access.passing:
-        applications.pending_authorizations(g.session).pop(request_id, None)
-        g.session.modified = True
+        _forget(request_id)
         if "none" in prompt:
             return redirect(record["deny_url"], 302)
         return await _denied_page()
@@ -202,15 +205,16 @@ async def _continue(request_id: str, *, first: bool) -> Any:
 
             decision = await decide(keystage, shortcut, user.id, app.id, record)
             if decision == "consent_required":
+                _forget(request_id)
                 return redirect(record["consent_required_url"], 302)
             record["granted"] = decision == "grant"
         if not record.get("granted"):
             flow = await load_flow(keystage, client.config.authorization_flow)
             if flow is None:
                 return await _error_page(503)
+            _remember(request_id, record)
             return redirect(f"/flows/{flow.slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
-    applications.pending_authorizations(g.session).pop(request_id, None)
-    g.session.modified = True
+    _forget(request_id)
     if record.get("device"):
         await rfc8628.decide(keystage, bytes.fromhex(record["device"]), user_id=user.id, auth_time=auth_time,
                              approved=True)
@@ -243,15 +247,20 @@ async def _consent_only_flow(keystage: Any, slug: str) -> Any:
         return None  # the flow itself will say what is wrong
 
 
-def _save(request_id: str, record: dict[str, Any]) -> None:
+def _remember(request_id: str, record: dict[str, Any]) -> None:
+    """Keep (or update) the request in the session while a flow runs for it."""
+    applications.add_pending_authorization(g.session, request_id, record)
+
+
+def _forget(request_id: str) -> None:
     pending = applications.pending_authorizations(g.session)
-    pending[request_id] = record
-    g.session[applications.AUTHORIZATION_REQUESTS] = pending
+    if request_id in pending:
+        pending.pop(request_id)
+        g.session.modified = True
 
 
 def _finish_with_error(request_id: str, record: dict[str, Any], error: str) -> Any:
-    applications.pending_authorizations(g.session).pop(request_id, None)
-    g.session.modified = True
+    _forget(request_id)
     return redirect(authz.response_url(record["redirect_uri"], {"error": error, "state": record["state"],
                                                                 "iss": issuer()}), 302)
 
@@ -506,8 +515,7 @@ async def device_page() -> Any:
         "deny_url": denied, "consent_required_url": denied, "granted": False, "login_after": 0.0,
         "device": bytes(row["device_code_hash"]).hex(),
     }
-    applications.add_pending_authorization(g.session, request_id, record)
-    return await _continue(request_id, first=True)
+    return await _continue(request_id, record, client=client)
 
 
 @oidc_routes.get("/device/denied")

@@ -169,7 +169,8 @@ async def _code_grant(keystage: Any, issuer_url: str, client: tokens.Client, for
     code = form.get("code", "")
     if not code:
         return oauth_errors.InvalidRequestError("code is missing")
-    row = await tokens.redeem_code(keystage, code)
+    redeemed = await tokens.redeem_code(keystage, code)
+    row, user = redeemed if redeemed is not None else (None, None)
     if row is None or row["provider_id"] != client.provider_id:
         # Another client's code is not revoked by this: it may be an honest mistake of the other one.
         return oauth_errors.InvalidGrantError()
@@ -192,7 +193,6 @@ async def _code_grant(keystage: Any, issuer_url: str, client: tokens.Client, for
     elif verifier:
         return oauth_errors.InvalidGrantError("no code_challenge was sent for this code")
     scopes = row["scope"].split()
-    user = await keystage.users.get(row["user_id"])
     id_claims = None
     if "openid" in scopes:
         id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, request_info)

@@ -17,6 +17,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 
 from keystage.engine.applications import Application
+from keystage.engine.users import User, user_columns
 
 from .keys import keyring
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from keystage.engine.runtime import Keystage
 
     from .config import OIDCConfig
+
+
+USER_COLUMNS = user_columns("u")
 
 
 def digest(value: str) -> bytes:
@@ -117,15 +121,17 @@ async def create_code(keystage: Keystage, client: Client, *, user_id: int, redir
     return code
 
 
-async def redeem_code(keystage: Keystage, code: str) -> Any:
-    """Mark a code used and return its row with ``previously_used`` and the user's state; None if unknown."""
-    return await keystage.pool.fetchrow(
-        """WITH old AS (SELECT used_at FROM oidc_codes WHERE code_hash = $1 FOR UPDATE)
-           UPDATE oidc_codes c SET used_at = now() FROM old, users u
-           WHERE c.code_hash = $1 AND u.id = c.user_id
-           RETURNING c.grant_id, c.provider_id, c.user_id, c.redirect_uri, c.scope, c.nonce, c.code_challenge,
-                     extract(epoch FROM c.auth_time) AS auth_time, c.expires_at < now() AS expired,
-                     old.used_at IS NOT NULL AS previously_used, u.is_active""", digest(code))
+async def redeem_code(keystage: Keystage, code: str) -> tuple[Any, User] | None:
+    """Mark a code used; its row (with ``previously_used`` and the user's ``is_active``) and its user, as
+    they are now; None if unknown."""
+    row = await keystage.pool.fetchrow(
+        f"""WITH old AS (SELECT used_at FROM oidc_codes WHERE code_hash = $1 FOR UPDATE)
+            UPDATE oidc_codes c SET used_at = now() FROM old, users u
+            WHERE c.code_hash = $1 AND u.id = c.user_id
+            RETURNING c.grant_id, c.provider_id, c.user_id, c.redirect_uri, c.scope, c.nonce, c.code_challenge,
+                      extract(epoch FROM c.auth_time) AS auth_time, c.expires_at < now() AS expired,
+                      old.used_at IS NOT NULL AS previously_used, {USER_COLUMNS}""", digest(code))
+    return (row, User.from_record(row)) if row is not None else None
 
 
 async def revoke_grant(keystage: Keystage, grant_id: str) -> None:
