@@ -45,6 +45,23 @@ _SECURITY_HEADERS = {
 }
 
 
+def request_id_for(incoming: str) -> str:
+    """The request's id: a proxy's ``X-Request-Id`` only when short and plain (so it cannot forge log
+    lines), a fresh one otherwise."""
+    if 0 < len(incoming) <= 64 and incoming.isascii() and incoming.isprintable() and '"' not in incoming:
+        return incoming
+    return uuid.uuid4().hex
+
+
+def log_request(method: str, path: str, status: int, duration: float, request_id: str | None) -> None:
+    """The access log line of one answer (INFO)."""
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(json.dumps({
+            "event": "request", "method": method, "path": path, "status": status,
+            "duration_ms": round(duration * 1000, 2), "request_id": request_id,
+        }))
+
+
 def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart:
     """Build the app for ``settings``. The database pool opens in ``before_serving``."""
     # Explicit paths: Flask cannot find an instance path inside a namespace package.
@@ -60,6 +77,8 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
     headers = dict(_SECURITY_HEADERS)
     if settings.secure_cookies:
         headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+    # For plugins that answer a hot path straight from ASGI: the same headers on every answer.
+    app.extensions["keystage_security_headers"] = headers
 
     app.extensions["keystage_catalogs"] = build_catalogs(kernel)
     app.extensions["keystage_trusted_proxies"] = trusted_networks(settings)
@@ -85,10 +104,7 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
     @app.before_request
     async def _start() -> None:
         g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-Id", "")
-        # Accept a proxy's id only when it is short and plain, so it cannot forge log lines.
-        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isascii() and incoming.isprintable() \
-            and '"' not in incoming else uuid.uuid4().hex
+        g.request_id = request_id_for(request.headers.get("X-Request-Id", ""))
 
     @app.after_request
     async def _finish(response: Response) -> Response:
@@ -97,12 +113,7 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
         response.headers["X-Request-Id"] = g.get("request_id", "")
         duration = time.perf_counter() - g.get("started", time.perf_counter())
         metrics.observe(request.method, response.status_code, duration)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({
-                "event": "request", "method": request.method, "path": request.path,
-                "status": response.status_code, "duration_ms": round(duration * 1000, 2),
-                "request_id": g.get("request_id"),
-            }))
+        log_request(request.method, request.path, response.status_code, duration, g.get("request_id"))
         return response
 
     @app.errorhandler(HTTPException)

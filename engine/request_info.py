@@ -63,8 +63,22 @@ def _valid_or_unknown(address: str) -> str:
 
 def from_request(request: Any, settings_networks: Sequence[IPNetwork], locale: str) -> RequestInfo:
     """Build ``RequestInfo`` from a Quart request."""
-    peer = request.remote_addr
-    ip = client_ip(peer, request.headers.get("X-Forwarded-For"), settings_networks)
-    agent = request.headers.get("User-Agent", "")[:512]
-    headers = {k.lower(): v[:1024] for k, v in list(request.headers.items())[:64] if k.lower() != "cookie"}
-    return RequestInfo(client_ip=ip, user_agent=agent, locale=locale, path=request.path, headers=headers)
+    return _build(request.remote_addr, list(request.headers.items()), request.path, settings_networks, locale)
+
+
+def from_scope(scope: Any, settings_networks: Sequence[IPNetwork], locale: str) -> RequestInfo:
+    """Build ``RequestInfo`` from an ASGI HTTP scope (for answers served before Quart)."""
+    client = scope.get("client")
+    items = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    return _build(client[0] if client else None, items, scope["path"], settings_networks, locale)
+
+
+def _build(peer: str | None, items: list[tuple[str, str]], path: str, networks: Sequence[IPNetwork],
+           locale: str) -> RequestInfo:
+    first: dict[str, str] = {}
+    for name, value in items:
+        first.setdefault(name.lower(), value)
+    ip = client_ip(peer, first.get("x-forwarded-for"), networks)
+    agent = first.get("user-agent", "")[:512]
+    headers = {k.lower(): v[:1024] for k, v in items[:64] if k.lower() != "cookie"}
+    return RequestInfo(client_ip=ip, user_agent=agent, locale=locale, path=path, headers=headers)

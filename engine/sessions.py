@@ -130,7 +130,7 @@ class SessionManager:
             return Session()
         return session
 
-    def _due_for_renewal(self, session: Session) -> bool:
+    def due_for_renewal(self, session: Session) -> bool:
         # A session that is only read would otherwise die `lifetime` after login even while in use;
         # renewing once past half its life keeps active users in at one write per half-lifetime.
         return session.id is not None and session.expires_at - time.time() < self.lifetime(session) / 2
@@ -139,7 +139,7 @@ class SessionManager:
         """Persist ``session`` if it changed (or is due for renewal) and return the id to send in
         the cookie; None when there is nothing to send. A fresh session with nothing in it is
         not stored, so requests that only read stay cookieless."""
-        if not session.modified and not self._due_for_renewal(session):
+        if not session.modified and not self.due_for_renewal(session):
             return None
         if session.id is None and session.empty:
             session.modified = False

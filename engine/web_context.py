@@ -35,13 +35,20 @@ def locale() -> str:
     if asked and session is not None:
         if session.get(LOCALE_SESSION_KEY) != asked:
             session[LOCALE_SESSION_KEY] = asked
-    preferred = g.get("user_locale") or _session_user_locale(session)
-    from_session = session.get(LOCALE_SESSION_KEY) if session is not None else None
-    chosen = (asked or cats.best([from_session]) or cats.best([preferred])
-              or cats.best(i18n.accept_language(request.headers.get("Accept-Language")))
-              or cats.best([cats.default_locale]) or "en")
+    chosen = asked or negotiate(cats, session, request.headers.get("Accept-Language"),
+                                preferred=g.get("user_locale"))
     g.locale = chosen
     return chosen
+
+
+def negotiate(cats: i18n.Catalogs, session: Any, accept_language: str | None, *,
+              preferred: str | None = None) -> str:
+    """The locale chain below ``?locale=``: the session's pick → the signed-in user's preference →
+    Accept-Language → default → en. Framework-free, for answers served straight from ASGI too."""
+    preferred = preferred or _session_user_locale(session)
+    from_session = session.get(LOCALE_SESSION_KEY) if session is not None else None
+    return (cats.best([from_session]) or cats.best([preferred]) or cats.best(i18n.accept_language(accept_language))
+            or cats.best([cats.default_locale]) or "en")
 
 
 def _session_user_locale(session: Any) -> str | None:

@@ -65,7 +65,7 @@ class Pending:
             "descriptions": [SCOPE_DESCRIPTIONS[s] for s in self.scopes if s in SCOPE_DESCRIPTIONS],
             "deny_url": response_url(self.redirect_uri, {"error": "access_denied", **error}),
             "consent_required_url": response_url(self.redirect_uri, {"error": "consent_required", **error}),
-            "granted": False,
+            "issuer": self.issuer, "granted": False,
         }
 
 

@@ -17,11 +17,11 @@ from authlib.oauth2.rfc6749 import errors as oauth_errors
 from quart import Blueprint, Response, g, jsonify, redirect, render_template, request
 
 from keystage.engine import applications, i18n, web_context
-from keystage.engine.flows import load_flow, slug_for_designation
+from keystage.engine.flows import slug_for_designation
 
 from . import authorize as authz
 from . import claims as claims_module
-from . import par, rfc8628, rfc9449, tokens
+from . import decision, par, rfc8628, rfc9449, tokens
 from .grants import NO_STORE, Answer, _authenticate_client, _oauth_error, token_endpoint
 from .keys import keyring
 
@@ -160,91 +160,35 @@ async def authorize_continue() -> Any:
 
 
 async def _continue(request_id: str, record: dict[str, Any], *, client: tokens.Client | None = None) -> Any:
-    """Go on with an authorization request. The session keeps ``record`` only while a flow runs for it
-    (``_remember`` before sending the user to one): a request answered at once, the signed-in user's
-    usual case, leaves the session as it was and costs no session write."""
+    """Go on with an authorization request (``decision.settle`` says how). The session keeps ``record``
+    only while a flow runs for it (``_remember`` before sending the user to one): a request answered at
+    once, the signed-in user's usual case, leaves the session as it was and costs no session write."""
     keystage = web_context.keystage()
-    prompt = record["prompt"]
-    user = await keystage.users.get(g.session.user_id) if g.session.user_id is not None else None
-    if user is not None and not user.is_active:
-        user = None
-    auth_time = g.session.created_at
-    fresh_enough = (user is not None and auth_time >= record["login_after"]
-                    and (record["max_age"] is None or time.time() - auth_time <= record["max_age"]))
+    outcome = await decision.settle(keystage, record, user_id=g.session.user_id, auth_time=g.session.created_at,
+                                    request=web_context.request_info(), client=client)
     continue_url = f"/oauth2/authorize/continue?{urlencode({'r': request_id})}"
-    if not fresh_enough:
-        if "none" in prompt:
-            return _finish_with_error(request_id, record, "login_required")
-        slug = await slug_for_designation(keystage, "authentication")
-        if slug is None:
+    if isinstance(outcome, decision.SignIn):
+        if outcome.slug is None:
             return await _error_page(503)
-        if user is not None:  # signed in, but too long ago (max_age) or prompt=login: sign in again
-            record["login_after"] = max(record["login_after"], time.time() - 1)
         _remember(request_id, record)
         query = {"next": continue_url, "restart": "1"}
         if record.get("login_hint"):
             query["login_hint"] = record["login_hint"]  # prefills the identification stage
-        return redirect(f"/flows/{slug}/?{urlencode(query)}", 302)
-    if client is None:
-        client = await tokens.find_client(keystage, record["client_id"])
-    if client is None or client.application is None:
-        return await _error_page()
-    app = client.application
-    access = await applications.check_access(keystage, app, user, web_context.request_info())
-    if not access.passing:
-        _forget(request_id)
-        if "none" in prompt:
-            return redirect(record["deny_url"], 302)
-        return await _denied_page()
-    if not record.get("granted"):
-        shortcut = await _consent_only_flow(keystage, client.config.authorization_flow)
-        if shortcut is not None:
-            # The flow is nothing but one consent stage with no policy bound: decide here what it would,
-            # and only send the user to it when it has to ask.
-            from keystage.stages.consent import decide
-
-            decision = await decide(keystage, shortcut, user.id, app.id, record)
-            if decision == "consent_required":
-                _forget(request_id)
-                return redirect(record["consent_required_url"], 302)
-            record["granted"] = decision == "grant"
-        if not record.get("granted"):
-            flow = await load_flow(keystage, client.config.authorization_flow)
-            if flow is None:
-                return await _error_page(503)
-            _remember(request_id, record)
-            return redirect(f"/flows/{flow.slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
+        return redirect(f"/flows/{outcome.slug}/?{urlencode(query)}", 302)
+    if isinstance(outcome, decision.Consent):
+        if outcome.slug is None:
+            return await _error_page(503)
+        _remember(request_id, record)
+        return redirect(f"/flows/{outcome.slug}/?{urlencode({'next': continue_url, 'restart': '1'})}", 302)
     _forget(request_id)
-    if record.get("device"):
-        await rfc8628.decide(keystage, bytes.fromhex(record["device"]), user_id=user.id, auth_time=auth_time,
-                             approved=True)
+    if isinstance(outcome, decision.Invalid):
+        return await _error_page()
+    if isinstance(outcome, decision.Denied):
+        return await _denied_page()
+    if isinstance(outcome, decision.DeviceApproved):
         return await _device_page(web_context.translations().gettext(
             "Your device is signed in. You can close this page."))
-    code = await tokens.create_code(
-        keystage, client, user_id=user.id, redirect_uri=record["redirect_uri"], scope=" ".join(record["scopes"]),
-        nonce=record["nonce"], code_challenge=record["code_challenge"], auth_time=auth_time)
-    return redirect(authz.response_url(record["redirect_uri"], {"code": code, "state": record["state"],
-                                                                "iss": issuer()}), 302)
-
-
-async def _consent_only_flow(keystage: Any, slug: str) -> Any:
-    """The consent stage's config when flow ``slug`` is exactly one consent stage and nothing is bound
-    to the flow or its stage binding (one query); None otherwise."""
-    from keystage.stages.consent import ConsentConfig
-
-    row = await keystage.pool.fetchrow(
-        """SELECT count(*) AS stages, min(s.type) AS type, min(s.config::text) AS config,
-                  (SELECT count(*) FROM policy_bindings pb
-                   WHERE pb.flow_id = f.id OR pb.stage_binding_id IN
-                         (SELECT id FROM flow_stage_bindings WHERE flow_id = f.id)) AS bound
-           FROM flows f JOIN flow_stage_bindings b ON b.flow_id = f.id JOIN stages s ON s.id = b.stage_id
-           WHERE f.slug = $1 GROUP BY f.id""", slug)
-    if row is None or row["stages"] != 1 or row["type"] != "consent" or row["bound"]:
-        return None
-    try:
-        return ConsentConfig.model_validate_json(row["config"])
-    except ValueError:
-        return None  # the flow itself will say what is wrong
+    return redirect(outcome.url, 302)  # Code or Redirect
 
 
 def _remember(request_id: str, record: dict[str, Any]) -> None:
@@ -257,12 +201,6 @@ def _forget(request_id: str) -> None:
     if request_id in pending:
         pending.pop(request_id)
         g.session.modified = True
-
-
-def _finish_with_error(request_id: str, record: dict[str, Any], error: str) -> Any:
-    _forget(request_id)
-    return redirect(authz.response_url(record["redirect_uri"], {"error": error, "state": record["state"],
-                                                                "iss": issuer()}), 302)
 
 
 # -- token ------------------------------------------------------------------------------------------
@@ -512,7 +450,7 @@ async def device_page() -> Any:
         "application_name": client.application_name or client.application_slug, "redirect_uri": "",
         "scopes": scopes, "state": None, "nonce": None, "code_challenge": None, "prompt": [], "max_age": None,
         "descriptions": [claims_module.SCOPE_DESCRIPTIONS[s] for s in scopes if s in claims_module.SCOPE_DESCRIPTIONS],
-        "deny_url": denied, "consent_required_url": denied, "granted": False, "login_after": 0.0,
+        "deny_url": denied, "consent_required_url": denied, "issuer": issuer(), "granted": False, "login_after": 0.0,
         "device": bytes(row["device_code_hash"]).hex(),
     }
     return await _continue(request_id, record, client=client)

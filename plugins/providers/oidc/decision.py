@@ -1,0 +1,144 @@
+"""What an authorization request comes to, once checked (``authorize.check_request``): framework-free.
+
+``settle`` looks at the signed-in user, the application's policy bindings and the consent the
+provider's authorization flow would give, and says what happens next. Two front-ends act on it: the
+Quart routes in ``endpoints.py`` (every outcome: flows, pages, session bookkeeping) and
+``fastpath.py`` (only ``Code``, the signed-in user's usual case; anything else goes on to Quart).
+Nothing is written before the outcome is ``Code`` or ``DeviceApproved``, so a front-end may drop any
+other outcome and let the other one decide again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from keystage.engine import applications
+from keystage.engine.flows import load_flow, slug_for_designation
+
+from . import authorize as authz
+from . import rfc8628, tokens
+
+if TYPE_CHECKING:
+    from keystage.engine.request_info import RequestInfo
+    from keystage.engine.runtime import Keystage
+    from keystage.engine.users import User
+
+
+@dataclasses.dataclass(frozen=True)
+class SignIn:
+    """The user must sign in (again) through flow ``slug`` (None: no authentication flow is designated)."""
+    slug: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Redirect:
+    """Back to the client with an error (``login_required``, ``access_denied``, ``consent_required``)."""
+    url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Invalid:
+    """The client or its application is gone: an error page."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Denied:
+    """The application's policies refuse the user: the access-denied page."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Consent:
+    """The provider's authorization flow must run (``slug``; None: it does not exist)."""
+    slug: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceApproved:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Code:
+    """A code was issued: redirect to ``url``."""
+    url: str
+
+
+Outcome = SignIn | Redirect | Invalid | Denied | Consent | DeviceApproved | Code
+
+
+async def settle(keystage: Keystage, record: dict[str, Any], *, user_id: int | None, auth_time: float,
+                 request: RequestInfo | None, client: tokens.Client | None = None,
+                 user: User | None = None) -> Outcome:
+    """``record``: the pending request (``Pending.as_record``); ``record["login_after"]`` and
+    ``record["granted"]`` may be updated in it. ``user_id``/``auth_time``: the session's sign-in."""
+    if user is None and user_id is not None:
+        user = await keystage.users.get(user_id)
+    if user is not None and not user.is_active:
+        user = None
+    fresh_enough = (user is not None and auth_time >= record["login_after"]
+                    and (record["max_age"] is None or time.time() - auth_time <= record["max_age"]))
+    if not fresh_enough:
+        if "none" in record["prompt"]:
+            return Redirect(_error_url(record, "login_required"))
+        if user is not None:  # signed in, but too long ago (max_age) or prompt=login: sign in again
+            record["login_after"] = max(record["login_after"], time.time() - 1)
+        return SignIn(await slug_for_designation(keystage, "authentication"))
+    assert user is not None
+    if client is None:
+        client = await tokens.find_client(keystage, record["client_id"])
+    if client is None or client.application is None:
+        return Invalid()
+    app = client.application
+    access = await applications.check_access(keystage, app, user, request)
+    if not access.passing:
+        return Redirect(record["deny_url"]) if "none" in record["prompt"] else Denied()
+    if not record.get("granted"):
+        shortcut = await consent_only_flow(keystage, client.config.authorization_flow)
+        if shortcut is not None:
+            # The flow is nothing but one consent stage with no policy bound: decide here what it would,
+            # and only send the user to it when it has to ask.
+            from keystage.stages.consent import decide
+
+            decision = await decide(keystage, shortcut, user.id, app.id, record)
+            if decision == "consent_required":
+                return Redirect(record["consent_required_url"])
+            record["granted"] = decision == "grant"
+        if not record.get("granted"):
+            flow = await load_flow(keystage, client.config.authorization_flow)
+            return Consent(flow.slug if flow is not None else None)
+    if record.get("device"):
+        await rfc8628.decide(keystage, bytes.fromhex(record["device"]), user_id=user.id, auth_time=auth_time,
+                             approved=True)
+        return DeviceApproved()
+    code = await tokens.create_code(
+        keystage, client, user_id=user.id, redirect_uri=record["redirect_uri"], scope=" ".join(record["scopes"]),
+        nonce=record["nonce"], code_challenge=record["code_challenge"], auth_time=auth_time)
+    return Code(authz.response_url(record["redirect_uri"], {"code": code, "state": record["state"],
+                                                            "iss": record["issuer"]}))
+
+
+def _error_url(record: dict[str, Any], error: str) -> str:
+    return authz.response_url(record["redirect_uri"], {"error": error, "state": record["state"],
+                                                       "iss": record["issuer"]})
+
+
+async def consent_only_flow(keystage: Keystage, slug: str) -> Any:
+    """The consent stage's config when flow ``slug`` is exactly one consent stage and nothing is bound
+    to the flow or its stage binding (one query); None otherwise."""
+    from keystage.stages.consent import ConsentConfig
+
+    row = await keystage.pool.fetchrow(
+        """SELECT count(*) AS stages, min(s.type) AS type, min(s.config::text) AS config,
+                  (SELECT count(*) FROM policy_bindings pb
+                   WHERE pb.flow_id = f.id OR pb.stage_binding_id IN
+                         (SELECT id FROM flow_stage_bindings WHERE flow_id = f.id)) AS bound
+           FROM flows f JOIN flow_stage_bindings b ON b.flow_id = f.id JOIN stages s ON s.id = b.stage_id
+           WHERE f.slug = $1 GROUP BY f.id""", slug)
+    if row is None or row["stages"] != 1 or row["type"] != "consent" or row["bound"]:
+        return None
+    try:
+        return ConsentConfig.model_validate_json(row["config"])
+    except ValueError:
+        return None  # the flow itself will say what is wrong
