@@ -106,10 +106,13 @@ def _policy_request(keystage: Keystage, app: Application | None, user: User | No
 
 
 async def check_access(keystage: Keystage, app: Application, user: User | None,
-                       request: RequestInfo | None) -> PolicyResult:
-    """Whether ``user`` may use ``app``: its policy bindings, evaluated (an inactive or no user never may)."""
+                       request: RequestInfo | None, *, unbound: bool = False) -> PolicyResult:
+    """Whether ``user`` may use ``app``: its policy bindings, evaluated (an inactive or no user never may).
+    ``unbound``: the caller has just read that nothing is bound to ``app`` (saves the query)."""
     if user is None or not user.is_active:
         return PolicyResult(False)
+    if unbound:
+        return PolicyResult(True)
     bindings = await policy_engine.bindings_for(keystage, application_ids=[app.id])
     return await policy_engine.evaluate(keystage, bindings.get(("application", app.id), []),
                                         app.policy_engine_mode, _policy_request(keystage, app, user, request))

@@ -45,8 +45,8 @@ class User:
     version: int = 0
 
     @classmethod
-    def from_record(cls, row: asyncpg.Record) -> User:
-        data = dict(row)
+    def from_record(cls, row: asyncpg.Record, prefix: str = "") -> User:
+        data = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)} if prefix else dict(row)
         data["attributes"] = json.loads(data["attributes"]) if isinstance(data["attributes"], str) else data["attributes"]
         return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
 
@@ -66,10 +66,10 @@ _USER_COLUMNS = (
 )
 
 
-def user_columns(alias: str) -> str:
-    """The columns ``User.from_record`` reads, of table alias ``alias``: for a query that returns a user
-    along with its own row (saves the round trip of ``Users.get``)."""
-    return ", ".join(f"{alias}.{c.strip()}" for c in _USER_COLUMNS.split(","))
+def user_columns(alias: str, prefix: str = "") -> str:
+    """The columns ``User.from_record`` reads, of table alias ``alias`` (named ``prefix`` + column): for a
+    query that returns a user along with its own row (saves the round trip of ``Users.get``)."""
+    return ", ".join(f"{alias}.{c.strip()} AS {prefix}{c.strip()}" for c in _USER_COLUMNS.split(","))
 
 
 def validate_username(username: str) -> str:

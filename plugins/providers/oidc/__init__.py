@@ -5,8 +5,9 @@ Modules: ``config`` (the provider type and its settings), ``keys`` (signing keys
 (checking authorization requests), ``grants`` (the token endpoint, client authentication),
 ``tokens`` (codes and tokens), ``claims`` (claims per scope, property mappings), ``rfc7523``
 (private_key_jwt), ``rfc8628`` (devices), ``rfc9449`` (DPoP), ``par``, ``logout``, ``cleanup``,
-``endpoints`` (HTTP glue), ``fastpath`` (the token endpoint straight from ASGI), ``cli``
-(``keystage keys``). See docs/admin/oidc.md.
+``decision`` (what an authorization request comes to), ``endpoints`` (HTTP glue), ``fastpath`` (the
+token endpoint and signed-in authorization requests straight from ASGI), ``cli`` (``keystage keys``).
+See docs/admin/oidc.md.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ def register_migrations() -> Path:
 @hookimpl
 def before_serving(app: Any) -> None:
     from . import cleanup
-    from .fastpath import TokenFastPath
+    from .fastpath import AuthorizeFastPath, TokenFastPath
 
     if not isinstance(app.asgi_app, TokenFastPath):
-        app.asgi_app = TokenFastPath(app.asgi_app, app)
+        app.asgi_app = TokenFastPath(AuthorizeFastPath(app.asgi_app, app), app)
     cleanup.start(app.extensions["keystage"])
 
 

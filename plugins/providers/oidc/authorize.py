@@ -78,12 +78,14 @@ def response_url(redirect_uri: str, params: dict[str, Any]) -> str:
 
 
 async def check_request(keystage: Keystage, params: dict[str, str], issuer: str, *,
-                        pushed: bool = False) -> Refused | ClientError | Pending:
-    """``pushed``: the parameters came through PAR (RFC 9126), already tied to an authenticated client."""
+                        pushed: bool = False, client: tokens.Client | None = None) -> Refused | ClientError | Pending:
+    """``pushed``: the parameters came through PAR (RFC 9126), already tied to an authenticated client.
+    ``client``: the one with ``params["client_id"]``, just read by the caller."""
     if any(len(v) > MAX_PARAM for v in params.values()):
         return Refused("a parameter is too long")
     client_id = params.get("client_id", "")
-    client = await tokens.find_client(keystage, client_id) if client_id else None
+    if client is None or client.config.client_id != client_id:
+        client = await tokens.find_client(keystage, client_id) if client_id else None
     if client is None or client.application_slug is None:
         return Refused("unknown client, or no application uses it")
     config = client.config

@@ -1,10 +1,17 @@
-"""The token endpoint served straight from ASGI, in front of Quart (installed by ``before_serving``).
+"""The token endpoint, and signed-in authorization requests, served straight from ASGI in front of
+Quart (installed by ``before_serving``).
 
 ``POST /oauth2/token`` is the hot path of machine clients (client_credentials every few minutes per
 service, refreshes). Through Quart it pays for a request context, the session machinery, before/after
 hooks and werkzeug's form parsing: about three times the CPU of the grant itself. Here it reads the
 body, parses the form, runs ``endpoints.token_endpoint`` (the same function the Quart route runs) and
 writes the JSON answer with the headers every keystage answer carries. Everything else goes on to Quart.
+
+``GET /oauth2/authorize`` from a signed-in browser is the other hot path (every app a user opens
+while their SSO session lasts). ``AuthorizeFastPath`` answers it when ``decision.settle`` issues a
+code at once, with the session only read; every other case (no session, a flow to run, an error
+page, ``?locale=``/``ui_locales``, PAR, a session due for renewal) goes on to the Quart route,
+which decides again: nothing is written before a code is.
 """
 
 from __future__ import annotations
@@ -18,6 +25,13 @@ from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749 import errors as oauth_errors
 
+from keystage.engine.app import log_request, request_id_for
+from keystage.engine.request_info import from_scope
+from keystage.engine.sessions import COOKIE_NAME
+from keystage.engine.web_context import negotiate
+
+from . import authorize as authz
+from . import decision
 from .grants import NO_STORE, Answer, _oauth_error, token_endpoint
 
 log = logging.getLogger("keystage.oidc")
@@ -95,3 +109,86 @@ class TokenFastPath:
         except Exception:  # never a traceback in an answer; the log has it
             log.exception("token endpoint failed")
             return Answer(500, {"error": "server_error"}, dict(NO_STORE))
+
+
+AUTHORIZE = "/oauth2/authorize"
+# Parameters whose handling changes the session (ui_locales, locale) or needs a stored request (PAR).
+NOT_HERE = frozenset({"request_uri", "ui_locales", "locale"})
+
+
+class AuthorizeFastPath:
+    def __init__(self, inner: Any, app: Any) -> None:
+        self.inner = inner
+        self.keystage = app.extensions["keystage"]
+        self.sessions = app.extensions["keystage_sessions"]
+        self.catalogs = app.extensions["keystage_catalogs"]
+        self.proxies = app.extensions["keystage_trusted_proxies"]
+        self.metrics = app.extensions.get("keystage_metrics")
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in
+                        app.extensions["keystage_security_headers"].items()]
+        self.issuer = str(self.keystage.settings.external_url)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != AUTHORIZE or scope["method"] != "GET":
+            await self.inner(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
+            url = await self._code_url(scope)
+        except Exception:  # the Quart route answers (and logs) whatever went wrong here
+            log.exception("authorization fast path failed; the route answers instead")
+            url = None
+        if url is None:
+            await self.inner(scope, receive, send)
+            return
+        request_id = request_id_for(_header(scope, b"x-request-id"))
+        headers = [*self.headers, (b"location", url.encode()), (b"cache-control", b"no-store"),
+                   (b"vary", b"Cookie"), (b"content-length", b"0"), (b"x-request-id", request_id.encode())]
+        await send({"type": "http.response.start", "status": 302, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        duration = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.observe("GET", 302, duration)
+        log_request("GET", AUTHORIZE, 302, duration, request_id)
+
+    async def _code_url(self, scope: Any) -> str | None:
+        """The redirect with a code when the signed-in user gets one at once; None: let Quart answer."""
+        cookie = _cookie(_header(scope, b"cookie"))
+        if cookie is None:
+            return None
+        try:
+            pairs = parse_qsl(scope["query_string"].decode("utf-8"), keep_blank_values=True, max_num_fields=50)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        params = dict(pairs)
+        if len(params) != len(pairs) or NOT_HERE & params.keys():
+            return None
+        session = await self.sessions.load(cookie)
+        if session.user_id is None or self.sessions.due_for_renewal(session):
+            return None
+        context = await decision.load_context(self.keystage, params.get("client_id", ""), session.user_id)
+        if context is None:
+            return None
+        checked = await authz.check_request(self.keystage, params, self.issuer, client=context.client)
+        if not isinstance(checked, authz.Pending):
+            return None
+        record = checked.as_record()
+        record["login_after"] = time.time() if "login" in checked.prompt else 0.0
+        locale = negotiate(self.catalogs, session, _header(scope, b"accept-language") or None)
+        outcome = await decision.settle(self.keystage, record, user_id=session.user_id,
+                                        auth_time=session.created_at, context=context,
+                                        request=from_scope(scope, self.proxies, locale))
+        return outcome.url if isinstance(outcome, decision.Code) else None
+
+
+def _header(scope: Any, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _cookie(header: str) -> str | None:
+    """The session cookie's value, if the Cookie header holds exactly one."""
+    found = [v for k, _, v in (part.strip().partition("=") for part in header.split(";")) if k == COOKIE_NAME]
+    return found[0] if len(found) == 1 else None

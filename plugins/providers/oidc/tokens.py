@@ -57,16 +57,24 @@ def _clients(keystage: Keystage) -> dict[str, Client]:
     return found
 
 
+CLIENT_COLUMNS = """p.id AS provider_id, p.config, md5(p.config::text) AS version, a.id, a.slug, a.name,
+                    a.description, a.launch_url, a.icon, a."group", a.provider_id AS app_provider_id,
+                    a.policy_engine_mode"""
+CLIENT_FROM = """providers p LEFT JOIN applications a ON a.provider_id = p.id"""
+CLIENT_WHERE = """p.type = 'oidc' AND p.config ->> 'client_id' = $1"""
+
+
 async def find_client(keystage: Keystage, client_id: str, db: Any = None) -> Client | None:
     """The OIDC provider with this client id (one query; the parsed config is reused while unchanged)."""
+    row = await (db or keystage.pool).fetchrow(
+        f"SELECT {CLIENT_COLUMNS} FROM {CLIENT_FROM} WHERE {CLIENT_WHERE}", client_id)
+    return client_from_row(keystage, client_id, row)
+
+
+def client_from_row(keystage: Keystage, client_id: str, row: Any) -> Client | None:
+    """The client of a row with ``CLIENT_COLUMNS`` (None: no such client)."""
     from .config import OIDCConfig
 
-    row = await (db or keystage.pool).fetchrow(
-        """SELECT p.id AS provider_id, p.config, md5(p.config::text) AS version, a.id, a.slug, a.name,
-                  a.description, a.launch_url, a.icon, a."group", a.provider_id AS app_provider_id,
-                  a.policy_engine_mode
-           FROM providers p LEFT JOIN applications a ON a.provider_id = p.id
-           WHERE p.type = 'oidc' AND p.config ->> 'client_id' = $1""", client_id)
     known = _clients(keystage)
     if row is None:
         known.pop(client_id, None)
