@@ -141,8 +141,31 @@ async def _quick_client_credentials(keystage: Any, form: Mapping[str, str], auth
     return Answer(200, issued.as_json(), dict(NO_STORE)) if issued is not None else None
 
 
+async def _quick_public_code_grant(keystage: Any, issuer_url: str, form: Mapping[str, str], authorization: str,
+                                   request_info: Any, jkt: str | None) -> Answer | None:
+    """The code grant of a public client this process has read before, in one round trip: the code is
+    redeemed (and its tokens stored) only if the client's config is still what was read. None sends
+    the request down the ordinary path, which answers every error."""
+    if authorization or {"client_secret", "client_assertion", "client_assertion_type"} & form.keys():
+        return None
+    client = tokens.remembered_client(keystage, form.get("client_id", ""))
+    if client is None or client.config.client_type != "public" or \
+            "authorization_code" not in client.config.grant_types:
+        return None
+    result = await _code_grant(keystage, issuer_url, client, form, request_info, jkt, if_unchanged=True)
+    if result is None:
+        return None
+    if isinstance(result, oauth_errors.OAuth2Error):
+        return _oauth_error(result)
+    return Answer(200, result.as_json(), dict(NO_STORE))
+
+
 async def _token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str], authorization: str,
                           request_info: Any, db: Any, jkt: str | None = None) -> Answer:
+    if form.get("grant_type") == "authorization_code" and form.get("code"):
+        quick = await _quick_public_code_grant(keystage, issuer_url, form, authorization, request_info, jkt)
+        if quick is not None:
+            return quick
     client = await _authenticate_client(keystage, form, authorization, db)
     if isinstance(client, oauth_errors.OAuth2Error):
         return _oauth_error(client, basic=bool(authorization))
@@ -165,34 +188,40 @@ async def _token_endpoint(keystage: Any, issuer_url: str, form: Mapping[str, str
 
 
 async def _code_grant(keystage: Any, issuer_url: str, client: tokens.Client, form: Mapping[str, str],
-                      request_info: Any, jkt: str | None = None) -> Any:
+                      request_info: Any, jkt: str | None = None, *, if_unchanged: bool = False) -> Any:
+    """RFC 6749 4.1.3. ``if_unchanged``: ``client`` is as this process last read it (see
+    ``_quick_public_code_grant``); None then means "take the ordinary path", and nothing was touched."""
     code = form.get("code", "")
     if not code:
         return oauth_errors.InvalidRequestError("code is missing")
-    redeemed = await tokens.redeem_code(keystage, code)
-    row, user = redeemed if redeemed is not None else (None, None)
-    if row is None or row["provider_id"] != client.provider_id:
-        # Another client's code is not revoked by this: it may be an honest mistake of the other one.
-        return oauth_errors.InvalidGrantError()
-    if row["previously_used"]:
-        # RFC 6749 4.1.2: a code used twice revokes what was issued from it.
-        await tokens.revoke_grant(keystage, row["grant_id"])
-        return oauth_errors.InvalidGrantError()
-    if row["expired"] or not row["is_active"]:
-        return oauth_errors.InvalidGrantError()
     # RFC 6749 4.1.3: the same redirect_uri; it may be left out only where it could be left out of the
     # authorization request (a single registered URI).
     sole = [u.url for u in client.config.redirect_uris] if len(client.config.redirect_uris) == 1 else []
-    if form.get("redirect_uri", sole[0] if sole else None) != row["redirect_uri"]:
-        return oauth_errors.InvalidGrantError("redirect_uri does not match")
+    redirect_uri = form.get("redirect_uri", sole[0] if sole else None)
     verifier = form.get("code_verifier")
-    if row["code_challenge"] is not None:
-        if not verifier or not authz.VERIFIER.match(verifier) or not hmac.compare_digest(
-                create_s256_code_challenge(verifier), row["code_challenge"]):
-            return oauth_errors.InvalidGrantError("code_verifier does not match")
-    elif verifier:
-        return oauth_errors.InvalidGrantError("no code_challenge was sent for this code")
+    good_verifier = bool(verifier) and authz.VERIFIER.match(verifier) is not None
+    # What the stored challenge must be for the tokens to be stored with the code's redemption: "" (never
+    # a challenge) for a malformed verifier, None for none.
+    challenge = create_s256_code_challenge(verifier) if good_verifier else ("" if verifier else None)
+    minted = tokens.mint(client.config, with_refresh="refresh_token" in client.config.grant_types)
+    redeemed = await tokens.redeem_code(keystage, code, client, minted, redirect_uri=redirect_uri,
+                                        challenge=challenge, jkt=jkt, if_unchanged=if_unchanged)
+    if redeemed is None:
+        return None if if_unchanged else oauth_errors.InvalidGrantError()
+    row, user = redeemed
+    refused = _refuse_code(row, client, redirect_uri, verifier, good_verifier)
+    if refused is not None:
+        if (row["previously_used"] and row["provider_id"] == client.provider_id) or row["stored"]:
+            # RFC 6749 4.1.2: a code used twice revokes what was issued from it.
+            await tokens.revoke_grant(keystage, row["grant_id"])
+        return refused
     scopes = row["scope"].split()
+    if "offline_access" not in scopes:
+        minted.refresh = None
+    stored = row["stored"] == len(minted.rows(client.config))
+    if row["stored"] and not stored:  # the statement and the checks above disagree: start over, safely
+        await tokens.revoke_grant(keystage, row["grant_id"])
+        return oauth_errors.InvalidGrantError()
     id_claims = None
     if "openid" in scopes:
         id_claims = await claims_module.user_claims(keystage, user, scopes, client.config, request_info)
@@ -201,8 +230,26 @@ async def _code_grant(keystage: Any, issuer_url: str, client: tokens.Client, for
     return await tokens.issue(
         keystage, client, issuer=issuer_url, grant_id=row["grant_id"], subject=str(row["user_id"]),
         user_id=row["user_id"], scope=row["scope"], auth_time=row["auth_time"],
-        with_refresh="offline_access" in scopes and "refresh_token" in client.config.grant_types,
-        id_claims=id_claims, jkt=jkt)
+        with_refresh=minted.refresh is not None, id_claims=id_claims, jkt=jkt, minted=minted, stored=stored)
+
+
+def _refuse_code(row: Any, client: tokens.Client, redirect_uri: str | None, verifier: str | None,
+                 good_verifier: bool) -> oauth_errors.OAuth2Error | None:
+    """Why a redeemed code gives nothing (RFC 6749 4.1.3, RFC 7636 4.6), or None."""
+    if row["provider_id"] != client.provider_id:
+        # Another client's code is not revoked by this: it may be an honest mistake of the other one.
+        return oauth_errors.InvalidGrantError()
+    if row["previously_used"] or row["expired"] or not row["is_active"]:
+        return oauth_errors.InvalidGrantError()
+    if redirect_uri != row["redirect_uri"]:
+        return oauth_errors.InvalidGrantError("redirect_uri does not match")
+    if row["code_challenge"] is not None:
+        if not good_verifier or not hmac.compare_digest(create_s256_code_challenge(verifier or ""),
+                                                         row["code_challenge"]):
+            return oauth_errors.InvalidGrantError("code_verifier does not match")
+    elif verifier:
+        return oauth_errors.InvalidGrantError("no code_challenge was sent for this code")
+    return None
 
 
 async def _refresh_grant(keystage: Any, issuer_url: str, client: tokens.Client, form: Mapping[str, str],

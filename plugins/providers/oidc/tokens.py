@@ -129,16 +129,65 @@ async def create_code(keystage: Keystage, client: Client, *, user_id: int, redir
     return code
 
 
-async def redeem_code(keystage: Keystage, code: str) -> tuple[Any, User] | None:
-    """Mark a code used; its row (with ``previously_used`` and the user's ``is_active``) and its user, as
-    they are now; None if unknown."""
+@dataclasses.dataclass
+class Minted:
+    """A grant's token secrets, made before they are stored (so that storing can share a statement)."""
+    access: str | None  # an opaque access token
+    jti: str | None  # a JWT access token's id
+    refresh: str | None
+
+    def rows(self, config: OIDCConfig, *, store_jwt: bool = True) -> list[tuple[bytes, str, float]]:
+        """(digest, kind, lifetime) of what is stored: opaque tokens, the ids of user JWTs."""
+        rows = []
+        if self.access is not None:
+            rows.append((digest(self.access), "access", float(config.access_token_lifetime)))
+        elif self.jti is not None and store_jwt:
+            rows.append((digest(self.jti), "access", float(config.access_token_lifetime)))
+        if self.refresh is not None:
+            rows.append((digest(self.refresh), "refresh", float(config.refresh_token_lifetime)))
+        return rows
+
+
+def mint(config: OIDCConfig, *, with_refresh: bool) -> Minted:
+    jwt_format = config.access_token_format == "jwt"
+    return Minted(None if jwt_format else new_secret(), new_secret() if jwt_format else None,
+                  new_secret() if with_refresh else None)
+
+
+async def redeem_code(keystage: Keystage, code: str, client: Client, minted: Minted, *, redirect_uri: str | None,
+                      challenge: str | None, jkt: str | None, if_unchanged: bool = False) -> tuple[Any, User] | None:
+    """Mark a code used, and store ``minted``'s tokens in the same statement when the code is good for
+    ``client`` as the database says it is now (its provider, unused, unexpired, an active user, the
+    same redirect URI, ``challenge`` = S256 of the verifier or None, a refresh token only for
+    ``offline_access``). Returns the code's row (``previously_used``, ``expired``, ``stored``: how
+    many tokens were stored) and its user; None if the code is unknown. The caller checks the row
+    again (and revokes the grant if it disagrees). ``if_unchanged``: touch nothing unless the
+    provider's config is still ``client.version``."""
+    rows = minted.rows(client.config)
     row = await keystage.pool.fetchrow(
-        f"""WITH old AS (SELECT used_at FROM oidc_codes WHERE code_hash = $1 FOR UPDATE)
-            UPDATE oidc_codes c SET used_at = now() FROM old, users u
-            WHERE c.code_hash = $1 AND u.id = c.user_id
-            RETURNING c.grant_id, c.provider_id, c.user_id, c.redirect_uri, c.scope, c.nonce, c.code_challenge,
-                      extract(epoch FROM c.auth_time) AS auth_time, c.expires_at < now() AS expired,
-                      old.used_at IS NOT NULL AS previously_used, {USER_COLUMNS}""", digest(code))
+        f"""WITH old AS (SELECT used_at FROM oidc_codes WHERE code_hash = $1 FOR UPDATE),
+            redeemed AS (
+                UPDATE oidc_codes c SET used_at = now() FROM old, users u
+                WHERE c.code_hash = $1 AND u.id = c.user_id
+                      AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM providers p
+                                                       WHERE p.id = $3 AND md5(p.config::text) = $2))
+                RETURNING c.grant_id, c.provider_id, c.user_id, c.redirect_uri, c.scope, c.nonce, c.code_challenge,
+                          c.auth_time AS auth_at, extract(epoch FROM c.auth_time) AS auth_time,
+                          c.expires_at < now() AS expired, old.used_at IS NOT NULL AS previously_used,
+                          {USER_COLUMNS}),
+            stored AS (
+                INSERT INTO oidc_tokens (token_hash, kind, grant_id, provider_id, user_id, scope, auth_time,
+                                         expires_at, dpop_jkt)
+                SELECT t.h, t.k, r.grant_id, r.provider_id, r.user_id, r.scope, r.auth_at,
+                       now() + make_interval(secs => t.l), $9
+                FROM redeemed r, unnest($4::bytea[], $5::text[], $6::float8[]) AS t(h, k, l)
+                WHERE r.provider_id = $3 AND NOT r.previously_used AND NOT r.expired AND r.is_active
+                      AND r.redirect_uri = $7 AND r.code_challenge IS NOT DISTINCT FROM $8
+                      AND (t.k <> 'refresh' OR 'offline_access' = ANY(string_to_array(r.scope, ' ')))
+                RETURNING 1)
+            SELECT r.*, (SELECT count(*) FROM stored) AS stored FROM redeemed r""",
+        digest(code), client.version if if_unchanged else None, client.provider_id,
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], redirect_uri, challenge, jkt)
     return (row, User.from_record(row)) if row is not None else None
 
 
@@ -195,14 +244,18 @@ def at_hash(access_token: str) -> str:
 
 async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: str, subject: str,
                 user_id: int | None, scope: str, auth_time: float | None, with_refresh: bool,
-                id_claims: dict[str, Any] | None, db: Any = None, jkt: str | None = None) -> Issued:
+                id_claims: dict[str, Any] | None, db: Any = None, jkt: str | None = None,
+                minted: Minted | None = None, stored: bool = False) -> Issued:
     """Make the access token (JWT or opaque), a refresh token and an ID token as asked, and store them
-    in one statement (client_credentials JWTs are not stored: they have no user to deactivate)."""
+    in one statement (client_credentials JWTs are not stored: they have no user to deactivate).
+    ``minted``: the secrets, made before (``stored``: and already stored, by ``redeem_code``)."""
     config = client.config
     now = int(time.time())
-    rows: list[tuple[bytes, str, float]] = []
-    if config.access_token_format == "jwt":
-        jti = new_secret()
+    if minted is None:
+        minted = mint(config, with_refresh=with_refresh)
+    rows = [] if stored else minted.rows(config, store_jwt=user_id is not None)
+    if minted.jti is not None:
+        jti = minted.jti
         access_claims: dict[str, Any] = {
             "iss": issuer, "sub": subject, "aud": config.client_id, "client_id": config.client_id,
             "iat": now, "exp": now + config.access_token_lifetime, "jti": jti, "scope": scope,
@@ -210,15 +263,11 @@ async def issue(keystage: Keystage, client: Client, *, issuer: str, grant_id: st
         if jkt:
             access_claims["cnf"] = {"jkt": jkt}  # RFC 9449 6.1
         access = await sign(keystage, config.signing_alg, access_claims, typ="at+jwt", db=db)
-        if user_id is not None:
-            rows.append((digest(jti), "access", config.access_token_lifetime))
     else:
-        access = new_secret()
-        rows.append((digest(access), "access", config.access_token_lifetime))
+        assert minted.access is not None
+        access = minted.access
     issued = Issued(access, config.access_token_lifetime, scope, token_type="DPoP" if jkt else "Bearer")
-    if with_refresh:
-        issued.refresh_token = new_secret()
-        rows.append((digest(issued.refresh_token), "refresh", config.refresh_token_lifetime))
+    issued.refresh_token = minted.refresh
     if id_claims is not None:
         claims = {**id_claims, "iss": issuer, "sub": subject, "aud": config.client_id, "azp": config.client_id,
                   "iat": now, "exp": now + config.id_token_lifetime, "at_hash": at_hash(access)}
