@@ -1,0 +1,257 @@
+"""The OIDC hot paths served before Quart (plugins/providers/oidc/fastpath.py, decision.py) and the code
+grant that redeems and stores in one statement: they must answer exactly what the Quart routes and the
+ordinary path would, and hand everything else over. Real PostgreSQL; the app in-process behind httpx
+(the ASGI app with its fast paths installed, as `keystage serve` runs it)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from keystage.engine.blueprints import apply_defaults
+from keystage.engine.sessions import COOKIE_NAME, store_key
+from keystage.engine.testing import apply_blueprint_to, kernel_of, sign_in
+
+BASE = "http://127.0.0.1:9000"
+PASSWORD = "correct horse battery staple"
+REDIRECT = "http://localhost:5173/callback"
+
+BLUEPRINT = f"""
+version: 1
+metadata: {{name: oidc-fastpaths}}
+entries:
+  - model: provider
+    identifiers: {{name: spa}}
+    attrs:
+      type: oidc
+      config:
+        client_id: spa
+        client_type: public
+        redirect_uris: ["{REDIRECT}"]
+        grant_types: [authorization_code, refresh_token]
+        scopes: [openid, profile, offline_access]
+        authorization_flow: default-provider-authorization-implicit-consent
+        access_token_format: opaque
+  - model: application
+    identifiers: {{slug: spa}}
+    attrs: {{name: The SPA, provider: spa}}
+  - model: provider
+    identifiers: {{name: other}}
+    attrs:
+      type: oidc
+      config:
+        client_id: other
+        client_type: public
+        redirect_uris: ["{REDIRECT}"]
+        authorization_flow: default-provider-authorization-implicit-consent
+  - model: application
+    identifiers: {{slug: other}}
+    attrs: {{name: Other, provider: other}}
+"""
+
+
+@pytest.fixture
+async def env(keystage_app: Any, user_factory: Any) -> Any:
+    kernel = kernel_of(keystage_app)
+    await apply_defaults(kernel)
+    await apply_blueprint_to(kernel, BLUEPRINT)
+    user = await user_factory("alice", password=PASSWORD)
+    browser = httpx.AsyncClient(transport=httpx.ASGITransport(app=keystage_app), base_url=BASE)
+    await sign_in(browser, "/", "alice", PASSWORD)
+    yield {"kernel": kernel, "user": user, "browser": browser}
+    await browser.aclose()
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    return verifier, create_s256_code_challenge(verifier)
+
+
+def authorize_url(client_id: str = "spa", challenge: str | None = None, **extra: str) -> str:
+    query = {"response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT,
+             "scope": "openid profile offline_access", "state": "st-1", "nonce": "n-1",
+             "code_challenge": challenge or pkce()[1], "code_challenge_method": "S256", **extra}
+    return "/oauth2/authorize?" + urlencode(query)
+
+
+def query_of(response: httpx.Response) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(response.headers["location"]).query)
+
+
+async def stored_session(env: Any) -> bytes | None:
+    return await env["kernel"].kv.get(store_key(env["browser"].cookies[COOKIE_NAME]))
+
+
+async def exchange(env: Any, code: str, verifier: str, client_id: str = "spa", **extra: str) -> httpx.Response:
+    return await env["browser"].post("/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier,
+        "client_id": client_id, **extra})
+
+
+async def live(env: Any, access_token: str) -> bool:
+    info = await env["browser"].get("/oauth2/userinfo", headers={"Authorization": f"Bearer {access_token}"})
+    return info.status_code == 200
+
+
+async def test_signed_in_authorization_is_answered_at_once_without_a_session_write(env: Any) -> None:
+    before = await stored_session(env)
+    verifier, challenge = pkce()
+    response = await env["browser"].get(authorize_url(challenge=challenge), headers={"X-Request-Id": "rp-42"})
+    assert response.status_code == 302
+    # Served by the fast path: no body, not cacheable, the headers every keystage answer has.
+    assert response.headers["content-length"] == "0" and response.headers["cache-control"] == "no-store"
+    assert response.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in \
+        response.headers["content-security-policy"]
+    assert response.headers["x-request-id"] == "rp-42"
+    assert "set-cookie" not in response.headers
+    assert await stored_session(env) == before
+    params = query_of(response)
+    assert params["state"] == ["st-1"] and params["iss"] == [BASE]
+    assert response.headers["location"].startswith(REDIRECT + "?")
+    token = await exchange(env, params["code"][0], verifier)
+    assert token.status_code == 200, token.text
+    body = token.json()
+    assert {"access_token", "id_token", "refresh_token"} <= body.keys()
+    assert await live(env, body["access_token"])
+
+
+@pytest.mark.parametrize("extra", [{"prompt": "login"}, {"max_age": "0"}, {"ui_locales": "de"}, {"locale": "de"}])
+async def test_what_the_fast_path_leaves_to_the_route(env: Any, extra: dict[str, str]) -> None:
+    response = await env["browser"].get(authorize_url(**extra))
+    assert response.status_code == 302
+    if "prompt" in extra or "max_age" in extra:  # sign in again, through the authentication flow
+        assert response.headers["location"].startswith("/flows/default-authentication-flow/")
+    else:  # the language is remembered (a session write), then the code
+        assert "code" in query_of(response)
+        assert "de" in (await stored_session(env) or b"").decode()
+
+
+async def test_repeated_parameters_and_bad_requests_are_the_routes_to_answer(env: Any) -> None:
+    url = authorize_url() + "&client_id=other"
+    response = await env["browser"].get(url)
+    # The route reads the first value (Quart's request.args), like every other keystage form.
+    assert response.status_code == 302 and "code" in query_of(response)
+    response = await env["browser"].get(authorize_url(redirect_uri="http://localhost:5173/callback/../evil"))
+    assert response.status_code == 400 and "location" not in response.headers
+    response = await env["browser"].get(authorize_url(code_challenge_method="plain"))
+    assert query_of(response)["error"] == ["invalid_request"]
+    response = await env["browser"].get(authorize_url(client_id="nobody"))
+    assert response.status_code == 400 and "location" not in response.headers
+
+
+async def test_no_code_for_a_deactivated_user_or_a_forged_cookie(env: Any) -> None:
+    await env["kernel"].pool.execute("UPDATE users SET is_active = false WHERE id = $1", env["user"].id)
+    response = await env["browser"].get(authorize_url())
+    assert response.status_code == 302 and "code=" not in response.headers["location"]
+    assert response.headers["location"].startswith("/flows/default-authentication-flow/")
+    stranger = httpx.AsyncClient(transport=env["browser"]._transport, base_url=BASE,
+                                 cookies={COOKIE_NAME: secrets.token_urlsafe(32)})
+    async with stranger:
+        response = await stranger.get(authorize_url())
+        assert "code=" not in response.headers["location"]
+
+
+async def test_application_policy_is_checked_on_the_fast_path(env: Any) -> None:
+    await apply_blueprint_to(env["kernel"], """
+version: 1
+metadata: {name: spa-admins-only}
+entries:
+  - model: group
+    identifiers: {name: admins}
+  - model: policy_binding
+    identifiers: {application: spa, group: admins}
+""")
+    response = await env["browser"].get(authorize_url())
+    assert response.status_code == 403 and "location" not in response.headers
+    response = await env["browser"].get(authorize_url(prompt="none"))
+    assert query_of(response)["error"] == ["access_denied"]
+    await env["kernel"].pool.execute(
+        "INSERT INTO group_memberships (user_id, group_id) SELECT $1, id FROM groups WHERE name = 'admins'", env["user"].id)
+    response = await env["browser"].get(authorize_url())
+    assert "code" in query_of(response)
+
+
+async def test_explicit_consent_still_asks(env: Any) -> None:
+    await env["kernel"].pool.execute(
+        """UPDATE providers SET config = jsonb_set(config::jsonb, '{authorization_flow}',
+                                                   '"default-provider-authorization-explicit-consent"')
+           WHERE name = 'spa'""")
+    response = await env["browser"].get(authorize_url())
+    assert response.headers["location"].startswith("/flows/default-provider-authorization-explicit-consent/")
+    response = await env["browser"].get(authorize_url(prompt="none"))
+    assert query_of(response)["error"] == ["consent_required"]
+
+
+async def test_code_replay_through_the_one_statement_grant_revokes(env: Any) -> None:
+    verifier, challenge = pkce()
+    code = query_of(await env["browser"].get(authorize_url(challenge=challenge)))["code"][0]
+    first = (await exchange(env, code, verifier)).json()
+    assert await live(env, first["access_token"])
+    again = await exchange(env, code, verifier)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert not await live(env, first["access_token"])
+    refresh = await env["browser"].post("/oauth2/token", data={
+        "grant_type": "refresh_token", "refresh_token": first["refresh_token"], "client_id": "spa"})
+    assert refresh.json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize("case", ["wrong verifier", "no verifier", "malformed verifier", "other redirect",
+                                  "other client", "expired"])
+async def test_a_bad_exchange_stores_nothing(env: Any, case: str) -> None:
+    kernel = env["kernel"]
+    verifier, challenge = pkce()
+    if case == "malformed verifier":  # a challenge made from a verifier RFC 7636 does not allow
+        verifier = "short"
+        challenge = create_s256_code_challenge(verifier)
+    code = query_of(await env["browser"].get(authorize_url(challenge=challenge)))["code"][0]
+    await exchange(env, "warm-up-" + code, verifier)  # the client is now one this process has read
+    extra: dict[str, str] = {}
+    client_id = "spa"
+    if case == "wrong verifier":
+        verifier = pkce()[0]
+    elif case == "no verifier":
+        verifier = ""
+    elif case == "other redirect":
+        extra["redirect_uri"] = REDIRECT + "/x"
+    elif case == "other client":
+        client_id = "other"
+    elif case == "expired":
+        await kernel.pool.execute("UPDATE oidc_codes SET expires_at = now() - interval '1 second'")
+    tokens_before = await kernel.pool.fetchval("SELECT count(*) FROM oidc_tokens")
+    response = await exchange(env, code, verifier, client_id, **extra)
+    assert response.status_code == 400 and response.json()["error"] in ("invalid_grant", "invalid_request")
+    assert await kernel.pool.fetchval("SELECT count(*) FROM oidc_tokens") == tokens_before
+    # The code is spent either way: trying again with everything right gives nothing either.
+    if case not in ("other client", "malformed verifier"):
+        retry = await exchange(env, code, pkce()[0] if case == "no verifier" else verifier)
+        assert retry.json()["error"] == "invalid_grant"
+        assert await kernel.pool.fetchval("SELECT count(*) FROM oidc_tokens") == tokens_before
+
+
+async def test_a_changed_client_takes_the_ordinary_path(env: Any) -> None:
+    kernel = env["kernel"]
+    verifier, challenge = pkce()
+    code = query_of(await env["browser"].get(authorize_url(challenge=challenge)))["code"][0]
+    # The admin makes the client confidential after this process read it: the one-statement grant must
+    # not trust what it remembers, and the ordinary path now wants a secret.
+    await kernel.pool.execute(
+        """UPDATE providers SET config = config::jsonb || jsonb_build_object(
+               'client_type', 'confidential', 'client_secret_hash', encode(sha256('a-secret'::bytea), 'hex'))
+           WHERE name = 'spa'""")
+    response = await exchange(env, code, verifier)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+    assert await kernel.pool.fetchval("SELECT used_at FROM oidc_codes") is None
+
+
+async def test_the_refresh_token_only_with_offline_access(env: Any) -> None:
+    verifier, challenge = pkce()
+    code = query_of(await env["browser"].get(authorize_url(challenge=challenge, scope="openid profile")))["code"][0]
+    body = (await exchange(env, code, verifier)).json()
+    assert "refresh_token" not in body and await live(env, body["access_token"])
+    kinds = await env["kernel"].pool.fetch("SELECT kind FROM oidc_tokens")
+    assert [r["kind"] for r in kinds] == ["access"]
