@@ -144,10 +144,44 @@ async def test_repeated_parameters_and_bad_requests_are_the_routes_to_answer(env
     assert response.status_code == 400 and "location" not in response.headers
 
 
+async def codes(env: Any) -> int:
+    return int(await env["kernel"].pool.fetchval("SELECT count(*) FROM oidc_codes"))
+
+
+async def test_the_code_is_stored_with_the_context_read(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keystage.plugins.providers.oidc import tokens
+
+    assert "code" in query_of(await env["browser"].get(authorize_url()))  # the process now knows the client
+    created = []
+    original = tokens.create_code
+
+    async def counting(*args: Any, **kwargs: Any) -> str:
+        created.append(kwargs)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "create_code", counting)
+    verifier, challenge = pkce()
+    for prompt in ("", "none", "consent"):
+        response = await env["browser"].get(authorize_url(challenge=challenge, **({"prompt": prompt} if prompt else {})))
+        assert "code" in query_of(response)
+    assert created == [] and await codes(env) == 4  # one statement each, nothing stored twice
+    assert (await exchange(env, query_of(response)["code"][0], verifier)).status_code == 200
+    # A changed config is not trusted: the request is checked again and the code made the ordinary way.
+    await env["kernel"].pool.execute(
+        """UPDATE providers SET config = config::jsonb || '{"code_lifetime": 30}' WHERE name = 'spa'""")
+    assert "code" in query_of(await env["browser"].get(authorize_url()))
+    assert len(created) == 1 and await codes(env) == 5
+    row = await env["kernel"].pool.fetchrow(
+        "SELECT expires_at - created_at AS life FROM oidc_codes ORDER BY created_at DESC LIMIT 1")
+    assert row["life"].total_seconds() <= 31
+
+
 async def test_no_code_for_a_deactivated_user_or_a_forged_cookie(env: Any) -> None:
+    assert "code" in query_of(await env["browser"].get(authorize_url()))
     await env["kernel"].pool.execute("UPDATE users SET is_active = false WHERE id = $1", env["user"].id)
     response = await env["browser"].get(authorize_url())
     assert response.status_code == 302 and "code=" not in response.headers["location"]
+    assert await codes(env) == 1
     assert response.headers["location"].startswith("/flows/default-authentication-flow/")
     stranger = httpx.AsyncClient(transport=env["browser"]._transport, base_url=BASE,
                                  cookies={COOKIE_NAME: secrets.token_urlsafe(32)})
@@ -157,6 +191,7 @@ async def test_no_code_for_a_deactivated_user_or_a_forged_cookie(env: Any) -> No
 
 
 async def test_application_policy_is_checked_on_the_fast_path(env: Any) -> None:
+    assert "code" in query_of(await env["browser"].get(authorize_url()))
     await apply_blueprint_to(env["kernel"], """
 version: 1
 metadata: {name: spa-admins-only}
@@ -170,6 +205,7 @@ entries:
     assert response.status_code == 403 and "location" not in response.headers
     response = await env["browser"].get(authorize_url(prompt="none"))
     assert query_of(response)["error"] == ["access_denied"]
+    assert await codes(env) == 1
     await env["kernel"].pool.execute(
         "INSERT INTO group_memberships (user_id, group_id) SELECT $1, id FROM groups WHERE name = 'admins'", env["user"].id)
     response = await env["browser"].get(authorize_url())
@@ -177,6 +213,7 @@ entries:
 
 
 async def test_explicit_consent_still_asks(env: Any) -> None:
+    assert "code" in query_of(await env["browser"].get(authorize_url()))
     await env["kernel"].pool.execute(
         """UPDATE providers SET config = jsonb_set(config::jsonb, '{authorization_flow}',
                                                    '"default-provider-authorization-explicit-consent"')
@@ -185,6 +222,7 @@ async def test_explicit_consent_still_asks(env: Any) -> None:
     assert response.headers["location"].startswith("/flows/default-provider-authorization-explicit-consent/")
     response = await env["browser"].get(authorize_url(prompt="none"))
     assert query_of(response)["error"] == ["consent_required"]
+    assert await codes(env) == 1
 
 
 async def test_code_replay_through_the_one_statement_grant_revokes(env: Any) -> None:

@@ -84,17 +84,25 @@ class Context:
     user: User | None
     application_unbound: bool  # no policy is bound to the client's application
     consent: Any  # ConsentConfig: the authorization flow is that one consent stage, nothing bound; else None
+    stored: tokens.CodeDraft | None = None  # a code stored with the context (see ``load_context``)
 
 
-async def load_context(keystage: Keystage, client_id: str, user_id: int) -> Context | None:
+async def load_context(keystage: Keystage, client_id: str, user_id: int, *,
+                       draft: tokens.CodeDraft | None = None, version: str = "") -> Context | None:
     """The client (with its application), the user, whether the application has policy bindings and the
     shape of the provider's authorization flow: one round trip where ``settle`` would make four. None
-    when there is no such client."""
+    when there is no such client.
+
+    ``draft``: a code for this request, made from the client's config as of ``version``; it is stored
+    in the same statement when the database says what ``settle`` would conclude from it (the same
+    config, an active user, nothing bound, an implicit-consent flow), and ``Context.stored`` is it.
+    ``settle`` still decides: a code it does not give out is never sent anywhere, and expires."""
+    from keystage.stages.consent import ConsentConfig
+
     from .config import OIDCConfig
 
     default_flow = OIDCConfig.model_fields["authorization_flow"].default
-    row = await keystage.pool.fetchrow(
-        f"""SELECT {tokens.CLIENT_COLUMNS}, {user_columns("u", "u_")},
+    select = f"""SELECT {tokens.CLIENT_COLUMNS}, {user_columns("u", "u_")},
                    NOT EXISTS (SELECT 1 FROM policy_bindings pb WHERE pb.application_id = a.id) AS unbound,
                    shape.stages AS shape_stages, shape.type AS shape_type, shape.config AS shape_config,
                    shape.bound AS shape_bound
@@ -102,13 +110,29 @@ async def load_context(keystage: Keystage, client_id: str, user_id: int) -> Cont
                  LEFT JOIN users u ON u.id = $2
                  LEFT JOIN LATERAL ({FLOW_SHAPE.format(slug="coalesce(p.config ->> 'authorization_flow', $3)")})
                            shape ON true
-            WHERE {tokens.CLIENT_WHERE}""", client_id, user_id, default_flow)
+            WHERE {tokens.CLIENT_WHERE}"""
+    if draft is None:
+        row = await keystage.pool.fetchrow(select, client_id, user_id, default_flow)
+    else:
+        row = await keystage.pool.fetchrow(
+            f"""WITH ctx AS ({select}),
+                stored AS (
+                    INSERT INTO oidc_codes ({tokens.CODE_COLUMNS})
+                    SELECT {tokens.code_values(6)} FROM ctx, {tokens.LOSSY}
+                    WHERE ctx.version = $4 AND ctx.provider_id = $8 AND ctx.u_id = $9 AND ctx.u_is_active
+                          AND ctx.id IS NOT NULL AND ctx.unbound AND ctx.shape_stages = 1
+                          AND ctx.shape_type = 'consent' AND ctx.shape_bound = 0
+                          AND coalesce(ctx.shape_config::jsonb ->> 'mode', $5) = 'implicit'
+                    RETURNING 1)
+                SELECT ctx.*, EXISTS (SELECT 1 FROM stored) AS stored FROM ctx""",
+            client_id, user_id, default_flow, version, ConsentConfig.model_fields["mode"].default, *draft.params)
     client = tokens.client_from_row(keystage, client_id, row)
     if client is None:
         return None
     user = User.from_record(row, "u_") if row["u_id"] is not None else None
     consent = _consent_stage(row["shape_stages"], row["shape_type"], row["shape_config"], row["shape_bound"])
-    return Context(client, user, bool(row["unbound"]) and client.application is not None, consent)
+    stored = draft if draft is not None and row["stored"] else None
+    return Context(client, user, bool(row["unbound"]) and client.application is not None, consent, stored)
 
 
 async def settle(keystage: Keystage, record: dict[str, Any], *, user_id: int | None, auth_time: float,
@@ -161,9 +185,17 @@ async def settle(keystage: Keystage, record: dict[str, Any], *, user_id: int | N
         await rfc8628.decide(keystage, bytes.fromhex(record["device"]), user_id=user.id, auth_time=auth_time,
                              approved=True)
         return DeviceApproved()
-    code = await tokens.create_code(
-        keystage, client, user_id=user.id, redirect_uri=record["redirect_uri"], scope=" ".join(record["scopes"]),
+    draft = tokens.draft_code(
+        client, user_id=user.id, redirect_uri=record["redirect_uri"], scope=" ".join(record["scopes"]),
         nonce=record["nonce"], code_challenge=record["code_challenge"], auth_time=auth_time)
+    stored = context.stored if context is not None else None
+    if stored is not None and stored.same_grant(draft):
+        code = stored.code
+    else:
+        code = await tokens.create_code(
+            keystage, client, user_id=user.id, redirect_uri=record["redirect_uri"],
+            scope=" ".join(record["scopes"]), nonce=record["nonce"], code_challenge=record["code_challenge"],
+            auth_time=auth_time)
     return Code(authz.response_url(record["redirect_uri"], {"code": code, "state": record["state"],
                                                             "iss": record["issuer"]}))
 

@@ -31,7 +31,7 @@ from keystage.engine.sessions import COOKIE_NAME
 from keystage.engine.web_context import negotiate
 
 from . import authorize as authz
-from . import decision
+from . import decision, tokens
 from .grants import NO_STORE, Answer, _oauth_error, token_endpoint
 
 log = logging.getLogger("keystage.oidc")
@@ -166,11 +166,15 @@ class AuthorizeFastPath:
         session = await self.sessions.load(cookie)
         if session.user_id is None or self.sessions.due_for_renewal(session):
             return None
-        context = await decision.load_context(self.keystage, params.get("client_id", ""), session.user_id)
+        client_id = params.get("client_id", "")
+        draft, version = self._draft(await self._check(params, tokens.remembered_client(self.keystage, client_id)),
+                                     session)
+        context = await decision.load_context(self.keystage, client_id, session.user_id, draft=draft,
+                                              version=version)
         if context is None:
             return None
-        checked = await authz.check_request(self.keystage, params, self.issuer, client=context.client)
-        if not isinstance(checked, authz.Pending):
+        checked = await self._check(params, context.client)
+        if checked is None:
             return None
         record = checked.as_record()
         record["login_after"] = time.time() if "login" in checked.prompt else 0.0
@@ -179,6 +183,26 @@ class AuthorizeFastPath:
                                         auth_time=session.created_at, context=context,
                                         request=from_scope(scope, self.proxies, locale))
         return outcome.url if isinstance(outcome, decision.Code) else None
+
+
+    async def _check(self, params: dict[str, str], client: tokens.Client | None) -> authz.Pending | None:
+        """The request checked against ``client`` (no query), or None."""
+        if client is None:
+            return None
+        checked = await authz.check_request(self.keystage, params, self.issuer, client=client)
+        return checked if isinstance(checked, authz.Pending) else None
+
+    @staticmethod
+    def _draft(checked: authz.Pending | None, session: Any) -> tuple[tokens.CodeDraft | None, str]:
+        """The code this request gets if all goes as usual, for ``load_context`` to store in its statement;
+        none when the session is not fresh enough for it (prompt=login, max_age)."""
+        if checked is None or checked.client is None or "login" in checked.prompt or \
+                (checked.max_age is not None and time.time() - session.created_at > checked.max_age):
+            return None, ""
+        draft = tokens.draft_code(checked.client, user_id=session.user_id, redirect_uri=checked.redirect_uri,
+                                  scope=" ".join(checked.scopes), nonce=checked.nonce,
+                                  code_challenge=checked.code_challenge, auth_time=session.created_at)
+        return draft, checked.client.version
 
 
 def _header(scope: Any, name: bytes) -> str:

@@ -117,22 +117,48 @@ async def issue_opaque_if_unchanged(db: Any, client: Client, *, grant_id: str, s
     return Issued(access, config.access_token_lifetime, scope) if stored is not None else None
 
 
+CODE_COLUMNS = ("code_hash, grant_id, provider_id, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, "
+                "expires_at")
+# Commits without waiting for the WAL flush (synchronous_commit off for the statement's own transaction):
+# a crash in the next few hundred ms loses the code, and the user's app hears invalid_grant and signs
+# them in again. Nothing is granted by a lost write; waiting for the disk was a sixth of a signed-in
+# user's authorization. (The redemption, which guards against replay, and everything else still wait.)
+LOSSY = "(SELECT set_config('synchronous_commit', 'off', true)) AS lossy"
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeDraft:
+    """A code and the values of its row (``CODE_COLUMNS``), before it is stored."""
+    code: str
+    params: tuple[Any, ...]
+
+    def same_grant(self, other: CodeDraft) -> bool:
+        """Whether ``other`` stores the same thing (for another code value and grant id)."""
+        return self.params[2:] == other.params[2:]
+
+
+def draft_code(client: Client, *, user_id: int, redirect_uri: str, scope: str, nonce: str | None,
+               code_challenge: str | None, auth_time: float) -> CodeDraft:
+    code = new_secret()
+    return CodeDraft(code, (digest(code), secrets.token_urlsafe(16), client.provider_id, user_id, redirect_uri, scope,
+                            nonce, code_challenge, float(auth_time), float(client.config.code_lifetime)))
+
+
+def code_values(first: int) -> str:
+    """The SELECT list storing a ``CodeDraft`` passed as parameters ``$first`` onwards."""
+    p = [f"${first + i}" for i in range(10)]
+    p[8] = f"to_timestamp({p[8]})"
+    p[9] = f"now() + make_interval(secs => {p[9]})"
+    return ", ".join(p)
+
+
 async def create_code(keystage: Keystage, client: Client, *, user_id: int, redirect_uri: str, scope: str,
                       nonce: str | None, code_challenge: str | None, auth_time: float) -> str:
-    code = new_secret()
-    # Committed without waiting for the WAL flush (synchronous_commit off for this statement's own
-    # transaction): a crash in the next few hundred ms loses the code, and the user's app hears
-    # invalid_grant and signs them in again. Nothing is granted by a lost write; waiting for the disk
-    # was a sixth of a signed-in user's authorization. (The redemption, which guards against replay,
-    # and everything else still waits.)
+    draft = draft_code(client, user_id=user_id, redirect_uri=redirect_uri, scope=scope, nonce=nonce,
+                       code_challenge=code_challenge, auth_time=auth_time)
     await keystage.pool.execute(
-        """WITH lossy AS (SELECT set_config('synchronous_commit', 'off', true))
-           INSERT INTO oidc_codes (code_hash, grant_id, provider_id, user_id, redirect_uri, scope, nonce,
-                                   code_challenge, auth_time, expires_at)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9), now() + make_interval(secs => $10) FROM lossy""",
-        digest(code), secrets.token_urlsafe(16), client.provider_id, user_id, redirect_uri, scope, nonce,
-        code_challenge, auth_time, float(client.config.code_lifetime))
-    return code
+        f"INSERT INTO oidc_codes ({CODE_COLUMNS}) SELECT {code_values(1)} FROM {LOSSY}", *draft.params)
+    return draft.code
 
 
 @dataclasses.dataclass
