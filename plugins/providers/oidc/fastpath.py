@@ -167,13 +167,15 @@ class AuthorizeFastPath:
         if session.user_id is None or self.sessions.due_for_renewal(session):
             return None
         client_id = params.get("client_id", "")
-        draft, version = self._draft(await self._check(params, tokens.remembered_client(self.keystage, client_id)),
-                                     session)
+        first = await self._check(params, tokens.remembered_client(self.keystage, client_id))
+        draft, version = self._draft(first, session)
         context = await decision.load_context(self.keystage, client_id, session.user_id, draft=draft,
                                               version=version)
         if context is None:
             return None
-        checked = await self._check(params, context.client)
+        # Checked once when the client is as remembered; again only against a config that changed.
+        unchanged = first is not None and first.client is not None and first.client.version == context.client.version
+        checked = first if unchanged else await self._check(params, context.client)
         if checked is None:
             return None
         record = checked.as_record()
