@@ -293,3 +293,56 @@ async def test_the_refresh_token_only_with_offline_access(env: Any) -> None:
     assert "refresh_token" not in body and await live(env, body["access_token"])
     kinds = await env["kernel"].pool.fetch("SELECT kind FROM oidc_tokens")
     assert [r["kind"] for r in kinds] == ["access"]
+
+
+async def held(env: Any, column: str, value: int) -> int:
+    pool = env["kernel"].pool
+    return int(await pool.fetchval(f"SELECT count(*) FROM oidc_codes WHERE {column} = $1", value)
+               + await pool.fetchval(f"SELECT count(*) FROM oidc_tokens WHERE {column} = $1", value))
+
+
+@pytest.mark.parametrize("table", ["users", "providers"])
+async def test_deleting_a_user_or_a_provider_deletes_their_codes_and_tokens(env: Any, table: str) -> None:
+    # Codes and tokens carry no foreign keys (inserts would lock the user's and the client's row);
+    # the triggers of migration 0004 do what ON DELETE CASCADE did.
+    kernel = env["kernel"]
+    verifier, challenge = pkce()
+    code = query_of(await env["browser"].get(authorize_url(challenge=challenge)))["code"][0]
+    assert (await exchange(env, code, verifier)).status_code == 200
+    query_of(await env["browser"].get(authorize_url()))  # a code not exchanged
+    other = await kernel.pool.fetchval("SELECT id FROM providers WHERE name = 'other'")
+    query_of(await env["browser"].get(authorize_url(client_id="other")))  # another client's code
+    column, value = ("user_id", env["user"].id) if table == "users" else \
+        ("provider_id", await kernel.pool.fetchval("SELECT id FROM providers WHERE name = 'spa'"))
+    # The user's: three codes, an access and a refresh token; the client's: all but the other's code.
+    assert await held(env, column, value) == (5 if table == "users" else 4)
+    await kernel.pool.execute(f"DELETE FROM {table} WHERE id = $1", value)
+    assert await held(env, column, value) == 0
+    assert await held(env, "provider_id", other) == (0 if table == "users" else 1)
+
+
+async def test_codes_and_tokens_whose_user_is_gone_are_worthless(env: Any) -> None:
+    # A sign-in racing the user's deletion can leave a code or token behind (no foreign key stops the
+    # insert): nothing that reads one without its user may accept it.
+    kernel = env["kernel"]
+    verifier, challenge = pkce()
+    code = query_of(await env["browser"].get(authorize_url(challenge=challenge)))["code"][0]
+    first = (await exchange(env, code, verifier)).json()
+    verifier, challenge = pkce()
+    pending = query_of(await env["browser"].get(authorize_url(challenge=challenge)))["code"][0]
+    async with kernel.pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE users DISABLE TRIGGER oidc_forget_users")
+        await conn.execute("DELETE FROM users WHERE id = $1", env["user"].id)
+        await conn.execute("ALTER TABLE users ENABLE TRIGGER oidc_forget_users")
+    assert await held(env, "user_id", env["user"].id) == 4
+    assert not await live(env, first["access_token"])
+    refreshed = await env["browser"].post("/oauth2/token", data={
+        "grant_type": "refresh_token", "refresh_token": first["refresh_token"], "client_id": "spa"})
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+    exchanged = await exchange(env, pending, verifier)
+    assert exchanged.status_code == 400 and exchanged.json()["error"] == "invalid_grant"
+    from keystage.plugins.providers.oidc.tokens import find_token  # what introspection and revocation read
+
+    for token in (first["access_token"], first["refresh_token"]):
+        assert await find_token(kernel, token, BASE, kinds=("access", "refresh")) is None
+    assert await kernel.pool.fetchval("SELECT count(*) FROM oidc_tokens WHERE kind = 'access'") == 1
