@@ -93,6 +93,13 @@ class PostgresStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    @staticmethod
+    def select_sql(key_param: str) -> str:
+        """A scalar subquery reading the value of the key passed as ``key_param`` (NULL when missing
+        or expired), for a caller that reads it within a statement of its own: one round trip for both.
+        Only this backend has it; callers must fall back to ``get`` without it."""
+        return f"(SELECT value FROM kv WHERE key = {key_param} AND expires_at > now())"
+
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._pool.fetchval(self._GET, key)
         return value

@@ -29,6 +29,8 @@ _ID = re.compile(r"[A-Za-z0-9_-]{43}")
 # Assigning these marks the session for saving; `modified` and the timestamps are bookkeeping.
 _TRACKED = frozenset({"data", "user_id", "remember"})
 _MISSING = object()
+# How many signed-in sessions a process remembers (``SessionManager.remembered``): a hint, ~200 bytes each.
+REMEMBERED = 10_000
 
 
 @dataclasses.dataclass
@@ -93,6 +95,9 @@ class SessionManager:
     def __init__(self, keystage: Keystage) -> None:
         self._keystage = keystage
         self._settings = keystage.settings
+        # store key -> (user id, signed in at) of sessions this process has read or written. A session's
+        # id changes at sign-in (``rotate``), so neither value changes while its row exists.
+        self._remembered: dict[str, tuple[int, float]] = {}
 
     @property
     def _kv(self) -> KeyValueStore:
@@ -106,8 +111,12 @@ class SessionManager:
         """The session of ``cookie_value``; a fresh empty one for anything unknown, expired or malformed."""
         if not isinstance(cookie_value, str) or not _ID.fullmatch(cookie_value):
             return Session()
-        raw = await self._kv.get(store_key(cookie_value))
-        if raw is None:
+        return self.from_stored(cookie_value, await self._kv.get(store_key(cookie_value)))
+
+    def from_stored(self, cookie_value: str, raw: bytes | None) -> Session:
+        """The session of ``cookie_value`` from its stored value (read by ``load``, or by a caller's own
+        statement with ``select_sql``); a fresh empty one for anything unknown, expired or malformed."""
+        if raw is None or not _ID.fullmatch(cookie_value):
             return Session()
         try:
             stored = json.loads(raw)
@@ -128,7 +137,33 @@ class SessionManager:
             or session.expires_at <= time.time()
         ):
             return Session()
+        self._remember(session)
         return session
+
+    def _remember(self, session: Session) -> None:
+        if session.id is None:
+            return
+        key = store_key(session.id)
+        if session.user_id is None:
+            self._remembered.pop(key, None)
+            return
+        if key not in self._remembered and len(self._remembered) >= REMEMBERED:
+            del self._remembered[next(iter(self._remembered))]  # the oldest
+        self._remembered[key] = (session.user_id, session.created_at)
+
+    def remembered(self, cookie_value: str | None) -> tuple[int, float] | None:
+        """(user id, signed in at) of the signed-in session ``cookie_value`` names, as this process last
+        read or wrote it; None when it does not know it. Only a hint (the session may have ended since):
+        read the session with ``select_sql`` in the same statement and check it with ``from_stored``."""
+        if not isinstance(cookie_value, str) or not _ID.fullmatch(cookie_value):
+            return None
+        return self._remembered.get(store_key(cookie_value))
+
+    def select_sql(self, key_param: str) -> str | None:
+        """SQL for the stored value of the session whose ``store_key`` is passed as ``key_param``, to read
+        inside another statement; None when the store cannot (Redis): then use ``load``."""
+        select = getattr(self._kv, "select_sql", None)
+        return select(key_param) if select is not None else None
 
     def due_for_renewal(self, session: Session) -> bool:
         # A session that is only read would otherwise die `lifetime` after login even while in use;
@@ -157,6 +192,7 @@ class SessionManager:
         ).encode()
         await self._kv.set(store_key(session.id), payload, ttl=lifetime)
         session.modified = False
+        self._remember(session)
         return session.id
 
     async def rotate(self, session: Session) -> None:
@@ -165,6 +201,7 @@ class SessionManager:
         The CSRF token is dropped too, so a token seen before login is useless after it;
         the new session is written by the next ``save``."""
         if session.id is not None:
+            self._remembered.pop(store_key(session.id), None)
             await self._kv.delete(store_key(session.id))
         session.id = secrets.token_urlsafe(32)
         session.created_at = time.time()
@@ -174,6 +211,7 @@ class SessionManager:
     async def destroy(self, session: Session) -> None:
         """Log out: delete the session from the store and empty the object."""
         if session.id is not None:
+            self._remembered.pop(store_key(session.id), None)
             await self._kv.delete(store_key(session.id))
         session.id = None
         session.data = {}

@@ -346,3 +346,50 @@ async def test_codes_and_tokens_whose_user_is_gone_are_worthless(env: Any) -> No
     for token in (first["access_token"], first["refresh_token"]):
         assert await find_token(kernel, token, BASE, kinds=("access", "refresh")) is None
     assert await kernel.pool.fetchval("SELECT count(*) FROM oidc_tokens WHERE kind = 'access'") == 1
+
+
+async def test_a_session_this_process_knows_is_read_with_the_context(env: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = env["kernel"]
+    reads = []
+    original = type(kernel.kv).get
+
+    async def counting(self: Any, key: str) -> bytes | None:
+        reads.append(key)
+        return await original(self, key)
+
+    monkeypatch.setattr(type(kernel.kv), "get", counting)
+    verifier, challenge = pkce()
+    response = await env["browser"].get(authorize_url(challenge=challenge))
+    assert "code" in query_of(response) and reads == []  # one statement: session, client, user, code
+    assert (await exchange(env, query_of(response)["code"][0], verifier)).status_code == 200
+
+
+async def test_a_remembered_session_that_ended_elsewhere_gets_no_code(env: Any) -> None:
+    # Another worker logged the browser out (or an admin ended the session): this process still
+    # remembers it, the row is gone. No code may be stored or sent; the route sends the browser to sign in.
+    kernel = env["kernel"]
+    assert "code" in query_of(await env["browser"].get(authorize_url()))
+    await kernel.kv.delete(store_key(env["browser"].cookies[COOKIE_NAME]))
+    response = await env["browser"].get(authorize_url())
+    assert response.status_code == 302 and "code=" not in response.headers["location"]
+    assert response.headers["location"].startswith("/flows/default-authentication-flow/")
+    assert await codes(env) == 1
+
+
+async def test_a_remembered_session_that_now_holds_another_user_answers_for_that_user(
+        env: Any, user_factory: Any) -> None:
+    import json
+
+    kernel = env["kernel"]
+    assert "code" in query_of(await env["browser"].get(authorize_url()))  # client and session now known
+    bob = await user_factory("bob", password=PASSWORD)
+    key = store_key(env["browser"].cookies[COOKIE_NAME])
+    stored = json.loads(await kernel.kv.get(key))
+    await kernel.kv.set(key, json.dumps({**stored, "u": bob.id}).encode(), ttl=600)
+    verifier, challenge = pkce()
+    response = await env["browser"].get(authorize_url(challenge=challenge))
+    body = (await exchange(env, query_of(response)["code"][0], verifier)).json()
+    userinfo = await env["browser"].get("/oauth2/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+    # The code made on the guess (alice) may be stored with the context, but is never sent: it expires.
+    assert userinfo.json()["preferred_username"] == "bob"

@@ -17,7 +17,7 @@ from keystage.engine.app import create_app
 from keystage.engine.config import Settings
 from keystage.engine.csrf import check_csrf, csrf_token
 from keystage.engine.runtime import Keystage
-from keystage.engine.sessions import COOKIE_NAME, Session, SessionManager
+from keystage.engine.sessions import COOKIE_NAME, Session, SessionManager, store_key
 from keystage.engine.testing import opened_kernel
 
 
@@ -232,6 +232,28 @@ async def test_destroy(manager: SessionManager) -> None:
     assert session.id is None and session.data == {} and session.user_id is None and not session.modified
     assert (await manager.load(sid)).id is None
     assert await manager.save(session) is None
+
+
+async def test_signed_in_sessions_are_remembered_and_readable_in_a_statement(manager: SessionManager,
+                                                                             kernel: Keystage) -> None:
+    session = Session()
+    session.user_id = 7
+    sid = await manager.save(session)
+    assert manager.remembered(sid) == (7, session.created_at)
+    assert manager.remembered("x" * 43) is None and manager.remembered(None) is None
+    sql = manager.select_sql("$1")
+    if kernel.settings.redis_url:  # Redis cannot be read inside a PostgreSQL statement: callers load
+        assert sql is None
+    else:
+        raw = await kernel.pool.fetchval(f"SELECT {sql}", store_key(sid))
+        assert manager.from_stored(sid, raw) == await manager.load(sid)
+        assert await kernel.pool.fetchval(f"SELECT {sql}", store_key("y" * 43)) is None
+    assert manager.from_stored(sid, None).id is None and manager.from_stored("bad", b"{}").id is None
+    await manager.destroy(session)
+    assert manager.remembered(sid) is None  # ended here: forgotten (elsewhere: the store says so)
+    anonymous = Session()
+    anonymous["x"] = 1
+    assert manager.remembered(await manager.save(anonymous)) is None  # only signed-in sessions
 
 
 async def test_cookie_kwargs(manager: SessionManager, kernel: Keystage) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from keystage.engine import applications
 from keystage.engine.flows import load_flow, slug_for_designation
@@ -85,10 +85,12 @@ class Context:
     application_unbound: bool  # no policy is bound to the client's application
     consent: Any  # ConsentConfig: the authorization flow is that one consent stage, nothing bound; else None
     stored: tokens.CodeDraft | None = None  # a code stored with the context (see ``load_context``)
+    session: bytes | None = None  # the stored session, when read with the context (``session``)
 
 
 async def load_context(keystage: Keystage, client_id: str, user_id: int, *,
-                       draft: tokens.CodeDraft | None = None, version: str = "") -> Context | None:
+                       draft: tokens.CodeDraft | None = None, version: str = "",
+                       session: tuple[Callable[[str], str | None], str] | None = None) -> Context | None:
     """The client (with its application), the user, whether the application has policy bindings and the
     shape of the provider's authorization flow: one round trip where ``settle`` would make four. None
     when there is no such client.
@@ -96,13 +98,19 @@ async def load_context(keystage: Keystage, client_id: str, user_id: int, *,
     ``draft``: a code for this request, made from the client's config as of ``version``; it is stored
     in the same statement when the database says what ``settle`` would conclude from it (the same
     config, an active user, nothing bound, an implicit-consent flow), and ``Context.stored`` is it.
-    ``settle`` still decides: a code it does not give out is never sent anywhere, and expires."""
+    ``settle`` still decides: a code it does not give out is never sent anywhere, and expires.
+
+    ``session``: (a ``SessionManager.select_sql`` that has SQL, the store key) reads the session in the
+    same statement (``Context.session``); the code is then stored only if the session exists."""
     from keystage.stages.consent import ConsentConfig
 
     from .config import OIDCConfig
 
     default_flow = OIDCConfig.model_fields["authorization_flow"].default
-    select = f"""SELECT {tokens.CLIENT_COLUMNS}, {user_columns("u", "u_")},
+    session_param = f"${4 if draft is None else 6 + len(draft.params)}"  # after every other parameter
+    session_sql = session[0](session_param) if session is not None else None
+    session_column = f"{session_sql or 'NULL::bytea'} AS session_value"
+    select = f"""SELECT {tokens.CLIENT_COLUMNS}, {user_columns("u", "u_")}, {session_column},
                    NOT EXISTS (SELECT 1 FROM policy_bindings pb WHERE pb.application_id = a.id) AS unbound,
                    shape.stages AS shape_stages, shape.type AS shape_type, shape.config AS shape_config,
                    shape.bound AS shape_bound
@@ -111,8 +119,9 @@ async def load_context(keystage: Keystage, client_id: str, user_id: int, *,
                  LEFT JOIN LATERAL ({FLOW_SHAPE.format(slug="coalesce(p.config ->> 'authorization_flow', $3)")})
                            shape ON true
             WHERE {tokens.CLIENT_WHERE}"""
+    extra = (session[1],) if session is not None and session_sql else ()
     if draft is None:
-        row = await keystage.pool.fetchrow(select, client_id, user_id, default_flow)
+        row = await keystage.pool.fetchrow(select, client_id, user_id, default_flow, *extra)
     else:
         row = await keystage.pool.fetchrow(
             f"""WITH ctx AS ({select}),
@@ -123,16 +132,19 @@ async def load_context(keystage: Keystage, client_id: str, user_id: int, *,
                           AND ctx.id IS NOT NULL AND ctx.unbound AND ctx.shape_stages = 1
                           AND ctx.shape_type = 'consent' AND ctx.shape_bound = 0
                           AND coalesce(ctx.shape_config::jsonb ->> 'mode', $5) = 'implicit'
+                          AND ({not extra} OR ctx.session_value IS NOT NULL)
                     RETURNING 1)
                 SELECT ctx.*, EXISTS (SELECT 1 FROM stored) AS stored FROM ctx""",
-            client_id, user_id, default_flow, version, ConsentConfig.model_fields["mode"].default, *draft.params)
+            client_id, user_id, default_flow, version, ConsentConfig.model_fields["mode"].default, *draft.params,
+            *extra)
     client = tokens.client_from_row(keystage, client_id, row)
     if client is None:
         return None
     user = User.from_record(row, "u_") if row["u_id"] is not None else None
     consent = _consent_stage(row["shape_stages"], row["shape_type"], row["shape_config"], row["shape_bound"])
     stored = draft if draft is not None and row["stored"] else None
-    return Context(client, user, bool(row["unbound"]) and client.application is not None, consent, stored)
+    return Context(client, user, bool(row["unbound"]) and client.application is not None, consent, stored,
+                   row["session_value"])
 
 
 async def settle(keystage: Keystage, record: dict[str, Any], *, user_id: int | None, auth_time: float,

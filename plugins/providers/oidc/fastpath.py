@@ -27,7 +27,7 @@ from authlib.oauth2.rfc6749 import errors as oauth_errors
 
 from keystage.engine.app import log_request, request_id_for
 from keystage.engine.request_info import from_scope
-from keystage.engine.sessions import COOKIE_NAME
+from keystage.engine.sessions import COOKIE_NAME, store_key
 from keystage.engine.web_context import negotiate
 
 from . import authorize as authz
@@ -163,15 +163,28 @@ class AuthorizeFastPath:
         params = dict(pairs)
         if len(params) != len(pairs) or NOT_HERE & params.keys():
             return None
-        session = await self.sessions.load(cookie)
-        if session.user_id is None or self.sessions.due_for_renewal(session):
-            return None
+        # A session this process has seen is read with the context, in one statement; the row read then
+        # decides (it may have ended, or be another's since): the remembered values are only a guess.
+        guess = self.sessions.remembered(cookie)
+        inline = guess is not None and self.sessions.select_sql("$1") is not None
+        if guess is None or not inline:
+            session = await self.sessions.load(cookie)
+            if session.user_id is None:
+                return None
+            guess = (session.user_id, session.created_at)
+        user_id, signed_in_at = guess
         client_id = params.get("client_id", "")
         first = await self._check(params, tokens.remembered_client(self.keystage, client_id))
-        draft, version = self._draft(first, session)
-        context = await decision.load_context(self.keystage, client_id, session.user_id, draft=draft,
-                                              version=version)
+        draft, version = self._draft(first, user_id, signed_in_at)
+        context = await decision.load_context(self.keystage, client_id, user_id, draft=draft, version=version,
+                                              session=(self.sessions.select_sql, store_key(cookie)) if inline else None)
         if context is None:
+            return None
+        if inline:
+            session = self.sessions.from_stored(cookie, context.session)
+            if (session.user_id, session.created_at) != guess:
+                return None
+        if self.sessions.due_for_renewal(session):
             return None
         # Checked once when the client is as remembered; again only against a config that changed.
         unchanged = first is not None and first.client is not None and first.client.version == context.client.version
@@ -195,15 +208,15 @@ class AuthorizeFastPath:
         return checked if isinstance(checked, authz.Pending) else None
 
     @staticmethod
-    def _draft(checked: authz.Pending | None, session: Any) -> tuple[tokens.CodeDraft | None, str]:
+    def _draft(checked: authz.Pending | None, user_id: int, signed_in_at: float) -> tuple[tokens.CodeDraft | None, str]:
         """The code this request gets if all goes as usual, for ``load_context`` to store in its statement;
         none when the session is not fresh enough for it (prompt=login, max_age)."""
         if checked is None or checked.client is None or "login" in checked.prompt or \
-                (checked.max_age is not None and time.time() - session.created_at > checked.max_age):
+                (checked.max_age is not None and time.time() - signed_in_at > checked.max_age):
             return None, ""
-        draft = tokens.draft_code(checked.client, user_id=session.user_id, redirect_uri=checked.redirect_uri,
+        draft = tokens.draft_code(checked.client, user_id=user_id, redirect_uri=checked.redirect_uri,
                                   scope=" ".join(checked.scopes), nonce=checked.nonce,
-                                  code_challenge=checked.code_challenge, auth_time=session.created_at)
+                                  code_challenge=checked.code_challenge, auth_time=signed_in_at)
         return draft, checked.client.version
 
 
