@@ -94,6 +94,7 @@ def create_app(settings: Settings, *, keystage: Keystage | None = None) -> Quart
     @app.before_serving
     async def _open() -> None:
         await kernel.open()
+        kernel.listen_for_changes()
         await kernel.plugins.acall_each("before_serving", raise_errors=True, app=app)
 
     @app.after_serving

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from . import kv, migrations
+from .changes import Changes
 from .config import Settings
 from .database import create_pool, database_url
 from .errors import PluginError
@@ -38,6 +39,7 @@ class Keystage:
         self.redis: Any = None  # redis.asyncio.Redis when KEYSTAGE_REDIS_URL is set
         self.kv: kv.KeyValueStore = kv.CLOSED  # the real store once open()
         self._kv_purge: asyncio.Task[None] | None = None
+        self.changes = Changes()  # listening once ``listen_for_changes`` (a serving process)
         self.passwords = Passwords(self._hashers())
         self.users = Users(self)
         self.stage_types: dict[str, type[Stage]] = collect_types(self.plugins, "register_stage_types", Stage, "stage")
@@ -93,6 +95,10 @@ class Keystage:
         self.kv = kv.create_store(self)
         self._kv_purge = kv.start_purging(self.kv)
 
+    def listen_for_changes(self) -> None:
+        """Start following announced configuration changes (``engine/changes.py``) until ``close``."""
+        self.changes.start(database_url(self.settings))
+
     async def migrate(self) -> list[migrations.Migration]:
         async with self.pool.acquire() as conn:
             applied = await migrations.apply(conn, [(o, Path(p)) for o, p in self.migration_sources()])
@@ -101,6 +107,7 @@ class Keystage:
         return applied
 
     async def close(self) -> None:
+        await self.changes.close()
         sandbox = self.state.pop("sandbox", None)
         if sandbox is not None:
             await sandbox.close()

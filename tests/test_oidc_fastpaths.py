@@ -20,6 +20,7 @@ from keystage.engine.testing import apply_blueprint_to, kernel_of, sign_in
 BASE = "http://127.0.0.1:9000"
 PASSWORD = "correct horse battery staple"
 REDIRECT = "http://localhost:5173/callback"
+SERVICE_SECRET = "service-secret-0123456789-abcdefghij"
 
 BLUEPRINT = f"""
 version: 1
@@ -52,6 +53,15 @@ entries:
   - model: application
     identifiers: {{slug: other}}
     attrs: {{name: Other, provider: other}}
+  - model: provider
+    identifiers: {{name: service}}
+    attrs:
+      type: oidc
+      config:
+        client_id: service
+        client_secret: {SERVICE_SECRET}
+        grant_types: [client_credentials]
+        scopes: ["api:read"]
 """
 
 
@@ -393,3 +403,81 @@ async def test_a_remembered_session_that_now_holds_another_user_answers_for_that
     userinfo = await env["browser"].get("/oauth2/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
     # The code made on the guess (alice) may be stored with the context, but is never sent: it expires.
     assert userinfo.json()["preferred_username"] == "bob"
+
+
+async def service_token(env: Any, secret: str = SERVICE_SECRET, **form: str) -> httpx.Response:
+    return await env["browser"].post("/oauth2/token", data={"grant_type": "client_credentials", **form},
+                                     auth=("service", secret))
+
+
+async def announced(kernel: Any, mark: int | None) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + 10
+    while kernel.changes.fresh(mark):
+        assert time.monotonic() < deadline, "the change was never announced"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_known_client_gets_its_jwt_without_a_query(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = env["kernel"]
+    assert kernel.changes.live  # the app listens for configuration changes from its start
+    first = await service_token(env)
+    assert first.status_code == 200 and first.json()["access_token"].count(".") == 2
+    queries = []
+    original = type(kernel.pool).fetchrow
+
+    async def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        queries.append(args[0])
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(kernel.pool), "fetchrow", counting)
+    second = await service_token(env, scope="api:read")
+    assert second.status_code == 200 and second.json()["scope"] == "api:read" and queries == []
+    # What the ordinary path refuses, the quick one does not grant (nor does it answer: the route does).
+    assert (await service_token(env, "wrong-secret")).status_code == 401
+    assert (await service_token(env, scope="openid")).json()["error"] == "invalid_scope"
+    assert (await service_token(env, client_secret=SERVICE_SECRET)).json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("change", ["secret", "grant", "deleted"])
+async def test_a_changed_client_is_read_again_once_the_change_is_announced(env: Any, change: str) -> None:
+    kernel = env["kernel"]
+    assert (await service_token(env)).status_code == 200
+    mark = tokens_client_mark(kernel, "service")
+    assert kernel.changes.fresh(mark)
+    if change == "secret":
+        await kernel.pool.execute("""UPDATE providers SET config = config || jsonb_build_object(
+                                         'client_secret_hash', encode(sha256('rotated'::bytea), 'hex'))
+                                     WHERE name = 'service'""")
+    elif change == "grant":
+        await kernel.pool.execute("""UPDATE providers SET config = config || jsonb_build_object(
+                                         'grant_types', jsonb_build_array('urn:ietf:params:oauth:grant-type:device_code'))
+                                     WHERE name = 'service'""")
+    else:
+        await kernel.pool.execute("DELETE FROM providers WHERE name = 'service'")
+    await announced(kernel, mark)
+    response = await service_token(env)
+    expected = {"secret": (401, "invalid_client"), "grant": (400, "unauthorized_client"),
+                "deleted": (401, "invalid_client")}[change]
+    assert (response.status_code, response.json()["error"]) == expected
+
+
+async def test_without_a_listener_every_request_reads_the_client(env: Any) -> None:
+    # Announcements not heard (the listener is down): a change takes effect at the next request.
+    kernel = env["kernel"]
+    assert (await service_token(env)).status_code == 200
+    await kernel.changes.close()
+    assert not kernel.changes.live
+    await kernel.pool.execute("DELETE FROM providers WHERE name = 'service'")
+    response = await service_token(env)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+
+
+def tokens_client_mark(kernel: Any, client_id: str) -> int | None:
+    from keystage.plugins.providers.oidc import tokens
+
+    client = tokens.remembered_client(kernel, client_id)
+    assert client is not None
+    return client.mark

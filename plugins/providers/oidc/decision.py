@@ -120,6 +120,7 @@ async def load_context(keystage: Keystage, client_id: str, user_id: int, *,
                            shape ON true
             WHERE {tokens.CLIENT_WHERE}"""
     extra = (session[1],) if session is not None and session_sql else ()
+    mark = keystage.changes.mark()
     if draft is None:
         row = await keystage.pool.fetchrow(select, client_id, user_id, default_flow, *extra)
     else:
@@ -137,7 +138,7 @@ async def load_context(keystage: Keystage, client_id: str, user_id: int, *,
                 SELECT ctx.*, EXISTS (SELECT 1 FROM stored) AS stored FROM ctx""",
             client_id, user_id, default_flow, version, ConsentConfig.model_fields["mode"].default, *draft.params,
             *extra)
-    client = tokens.client_from_row(keystage, client_id, row)
+    client = tokens.client_from_row(keystage, client_id, row, mark)
     if client is None:
         return None
     user = User.from_record(row, "u_") if row["u_id"] is not None else None

@@ -47,10 +47,13 @@ class Client:
     application_name: str | None
     version: str = ""  # md5 of the stored config: what "unchanged" means below
     application: Application | None = None
+    mark: int | None = None  # ``keystage.changes.mark()`` taken before it was read
 
 
 def _clients(keystage: Keystage) -> dict[str, Client]:
-    """Clients as last read by this process, by client id. Never trusted alone: see ``issue_if_unchanged``."""
+    """Clients as last read by this process, by client id. Trusted alone only while
+    ``keystage.changes.fresh(client.mark)``; otherwise checked in the statement that uses them
+    (``issue_opaque_if_unchanged``, ``redeem_code``)."""
     found = keystage.state.get("oidc_clients")
     if found is None:
         found = keystage.state["oidc_clients"] = {}
@@ -66,13 +69,14 @@ CLIENT_WHERE = """p.type = 'oidc' AND p.config ->> 'client_id' = $1"""
 
 async def find_client(keystage: Keystage, client_id: str, db: Any = None) -> Client | None:
     """The OIDC provider with this client id (one query; the parsed config is reused while unchanged)."""
+    mark = keystage.changes.mark()
     row = await (db or keystage.pool).fetchrow(
         f"SELECT {CLIENT_COLUMNS} FROM {CLIENT_FROM} WHERE {CLIENT_WHERE}", client_id)
-    return client_from_row(keystage, client_id, row)
+    return client_from_row(keystage, client_id, row, mark)
 
 
-def client_from_row(keystage: Keystage, client_id: str, row: Any) -> Client | None:
-    """The client of a row with ``CLIENT_COLUMNS`` (None: no such client)."""
+def client_from_row(keystage: Keystage, client_id: str, row: Any, mark: int | None = None) -> Client | None:
+    """The client of a row with ``CLIENT_COLUMNS`` (None: no such client); ``mark``: taken before the read."""
     from .config import OIDCConfig
 
     known = _clients(keystage)
@@ -90,7 +94,8 @@ def client_from_row(keystage: Keystage, client_id: str, row: Any) -> Client | No
         application = Application(id=row["id"], slug=row["slug"], name=row["name"], description=row["description"],
                                   launch_url=row["launch_url"], icon=row["icon"], group=row["group"],
                                   provider_id=row["app_provider_id"], policy_engine_mode=row["policy_engine_mode"])
-    client = Client(row["provider_id"], config, row["slug"], row["id"], row["name"], row["version"], application)
+    client = Client(row["provider_id"], config, row["slug"], row["id"], row["name"], row["version"], application,
+                    mark)
     if len(known) > 10_000:
         known.clear()
     known[client_id] = client
