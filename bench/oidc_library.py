@@ -21,6 +21,7 @@ import asyncpg
 
 from keystage.engine.app import create_app
 from keystage.engine.blueprints import apply_defaults
+from keystage.engine.http_server import freeze_after_startup
 from keystage.engine.runtime import Keystage
 from keystage.engine.testing import FlowDriver, base_settings, with_database
 
@@ -36,6 +37,7 @@ async def main(apps: int, requests: int, cold: bool) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             settings = base_settings(url, Path(tmp))
             app = create_app(settings, keystage=Keystage(settings))
+            freeze_after_startup(app)  # as `keystage serve` does
             async with app.test_app():
                 kernel = app.extensions["keystage"]
                 await apply_defaults(kernel)

@@ -72,6 +72,7 @@ async def _serve_in_process(settings: Settings, sockets: list[socket.socket]) ->
     from .app import create_app
 
     app = create_app(settings)
+    http_server.freeze_after_startup(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

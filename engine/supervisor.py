@@ -35,6 +35,7 @@ def worker(sockets: list[Any], shutdown_event: Event) -> None:
         while not shutdown_event.is_set():
             await asyncio.sleep(0.1)
 
+    http_server.freeze_after_startup(app)
     with http_server.runner() as runner:
         runner.run(http_server.serve(settings.server, app, settings, sockets, stop))
 

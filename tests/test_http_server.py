@@ -180,3 +180,26 @@ async def test_uvicorn_counts_the_head_even_when_it_arrives_at_once(size: int, s
         assert (answer.split(b" ", 2)[1] == b"200") is served_ok, answer[:100]
     finally:
         await server.close()
+
+
+async def test_a_serving_app_hides_what_startup_made_from_the_collector() -> None:
+    import gc
+
+    from quart import Quart
+
+    from keystage.engine.http_server import freeze_after_startup
+
+    app = Quart("freeze-test")
+    seen = []
+
+    @app.before_serving
+    async def _plugin_startup() -> None:  # registered first, like create_app's (plugins included)
+        seen.append(gc.get_freeze_count())
+
+    freeze_after_startup(app)
+    gc.unfreeze()
+    try:
+        async with app.test_app():
+            assert seen == [0] and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
