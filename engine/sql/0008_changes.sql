@@ -7,17 +7,14 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER providers_announce AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON providers
-    FOR EACH STATEMENT EXECUTE FUNCTION keystage_announce_change();
-CREATE TRIGGER applications_announce AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON applications
-    FOR EACH STATEMENT EXECUTE FUNCTION keystage_announce_change();
-CREATE TRIGGER flows_announce AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON flows
-    FOR EACH STATEMENT EXECUTE FUNCTION keystage_announce_change();
-CREATE TRIGGER stages_announce AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON stages
-    FOR EACH STATEMENT EXECUTE FUNCTION keystage_announce_change();
-CREATE TRIGGER flow_stage_bindings_announce AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON flow_stage_bindings
-    FOR EACH STATEMENT EXECUTE FUNCTION keystage_announce_change();
-CREATE TRIGGER policies_announce AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON policies
-    FOR EACH STATEMENT EXECUTE FUNCTION keystage_announce_change();
-CREATE TRIGGER policy_bindings_announce AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON policy_bindings
-    FOR EACH STATEMENT EXECUTE FUNCTION keystage_announce_change();
+DO $$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['providers', 'applications', 'flows', 'stages', 'flow_stage_bindings',
+                                'policies', 'policy_bindings'] LOOP
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I
+                        FOR EACH STATEMENT EXECUTE FUNCTION keystage_announce_change()',
+                       name || '_announce', name);
+    END LOOP;
+END $$;

@@ -127,6 +127,8 @@ class AuthorizeFastPath:
         self.headers = [(k.lower().encode(), v.encode()) for k, v in
                         app.extensions["keystage_security_headers"].items()]
         self.issuer = str(self.keystage.settings.external_url)
+        # Whether the session store can be read inside the context statement (PostgreSQL, not Redis).
+        self.inline = self.sessions.select_sql("$1") is not None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != AUTHORIZE or scope["method"] != "GET":
@@ -166,7 +168,7 @@ class AuthorizeFastPath:
         # A session this process has seen is read with the context, in one statement; the row read then
         # decides (it may have ended, or be another's since): the remembered values are only a guess.
         guess = self.sessions.remembered(cookie)
-        inline = guess is not None and self.sessions.select_sql("$1") is not None
+        inline = guess is not None and self.inline
         if guess is None or not inline:
             session = await self.sessions.load(cookie)
             if session.user_id is None:

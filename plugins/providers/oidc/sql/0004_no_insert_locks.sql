@@ -3,27 +3,21 @@
 -- overlapping sign-in to the same app): about a sixth of PostgreSQL's CPU in a signed-in user's
 -- authorization. Nothing reads a code or token without joining its provider and its user (a
 -- missing one reads as unknown or inactive), so the check bought nothing; what the foreign keys
--- also did, deleting a user's or a provider's codes and tokens with it, triggers do now.
+-- also did, deleting a user's or a provider's codes and tokens with it, a trigger does now.
 ALTER TABLE oidc_codes DROP CONSTRAINT oidc_codes_provider_id_fkey,
                        DROP CONSTRAINT oidc_codes_user_id_fkey;
 ALTER TABLE oidc_tokens DROP CONSTRAINT oidc_tokens_provider_id_fkey,
                         DROP CONSTRAINT oidc_tokens_user_id_fkey;
 
-CREATE FUNCTION oidc_forget_users() RETURNS trigger LANGUAGE plpgsql AS $$
+-- TG_ARGV[0]: the column of codes and tokens that refers to the deleted rows.
+CREATE FUNCTION oidc_forget_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM oidc_codes c USING gone g WHERE c.user_id = g.id;
-    DELETE FROM oidc_tokens t USING gone g WHERE t.user_id = g.id;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION oidc_forget_providers() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    DELETE FROM oidc_codes c USING gone g WHERE c.provider_id = g.id;
-    DELETE FROM oidc_tokens t USING gone g WHERE t.provider_id = g.id;
+    EXECUTE format('DELETE FROM oidc_codes c USING gone g WHERE c.%I = g.id', TG_ARGV[0]);
+    EXECUTE format('DELETE FROM oidc_tokens t USING gone g WHERE t.%I = g.id', TG_ARGV[0]);
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER oidc_forget_users AFTER DELETE ON users
-    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION oidc_forget_users();
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION oidc_forget_deleted('user_id');
 CREATE TRIGGER oidc_forget_providers AFTER DELETE ON providers
-    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION oidc_forget_providers();
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION oidc_forget_deleted('provider_id');
